@@ -1,0 +1,76 @@
+//! A buy order, and following it: the stream stays open and carries the
+//! order's events (leases started, output, leases ended) until it closes.
+
+use super::{now, refuse, Shared};
+use cpushare_proto::frame;
+use cpushare_proto::identity::Peer;
+use cpushare_proto::msg::{BuyRequest, ErrorCode, Response};
+use tokio::sync::mpsc;
+
+pub(super) async fn buy(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    peer: &Peer,
+    req: BuyRequest,
+    mut send: quinn::SendStream,
+) -> anyhow::Result<()> {
+    let Some(image_len) = shared.blobs.complete_len(&req.image) else {
+        let r = refuse(
+            ErrorCode::NotFound,
+            format!("the broker holds no image {}; upload it first (`cpushare run` does)", req.image),
+        );
+        frame::write(&mut send, &r).await?;
+        send.finish()?;
+        return Ok(());
+    };
+    let follow = req.follow;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let placed = shared
+        .market
+        .lock()
+        .await
+        .place_buy(&peer.name, req, image_len, follow.then_some(tx), now())
+        .await;
+    let (key, held) = match placed {
+        Ok((_, key, held)) => (key, held),
+        Err(e) => {
+            frame::write(&mut send, &Response::Error(e.reply())).await?;
+            send.finish()?;
+            return Ok(());
+        }
+    };
+    frame::write(
+        &mut send,
+        &Response::OrderPlaced {
+            order: key.clone(),
+            held,
+        },
+    )
+    .await?;
+    if !follow {
+        send.finish()?;
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                let last = matches!(msg, Response::OrderClosed { .. });
+                if frame::write(&mut send, &msg).await.is_err() {
+                    break;
+                }
+                if last {
+                    send.finish()?;
+                    return Ok(());
+                }
+            }
+            _ = conn.closed() => break,
+        }
+    }
+    // The buyer went away while following: stop what it started.
+    let mut m = shared.market.lock().await;
+    if let Err(e) = m.follower_gone(&peer.name, &key, now()).await {
+        tracing::error!(order = %key, "cancelling an abandoned order failed: {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `cpushare run`: upload, order, follow the job's output, exit with its code.
+
+use crate::upload;
+use anyhow::{bail, Context};
+use cpushare_proto::client::Client;
+use cpushare_proto::frame;
+use cpushare_proto::money::Micros;
+use cpushare_proto::msg::{BuyRequest, JobSpec, LeaseEnd, Request, Response, SandboxKind, StdStream};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// What the user asked `cpushare run` for.
+pub struct RunArgs<'a> {
+    /// Module or ISO.
+    pub image: &'a Path,
+    /// Leases wanted.
+    pub instances: u32,
+    /// vCPUs per lease.
+    pub cpus: u32,
+    /// MiB per lease.
+    pub mem_mib: u64,
+    /// Minutes per lease.
+    pub minutes: u32,
+    /// Highest price per vCPU-minute.
+    pub max_price: Micros,
+    /// Seconds to wait for a match.
+    pub wait_secs: u32,
+    /// The job.
+    pub job: JobSpec,
+    /// Print the cost line as JSON.
+    pub json: bool,
+}
+
+/// Which sandbox an image needs, from its first bytes.
+pub fn kind_of(path: &Path) -> anyhow::Result<SandboxKind> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 4];
+    if f.read_exact(&mut magic).is_ok() && &magic == b"\0asm" {
+        return Ok(SandboxKind::Wasm);
+    }
+    let mut cd = [0u8; 5];
+    if f.seek(SeekFrom::Start(0x8001)).is_ok() && f.read_exact(&mut cd).is_ok() && &cd == b"CD001" {
+        return Ok(SandboxKind::Vm);
+    }
+    bail!(
+        "{} is neither a WebAssembly module (\\0asm) nor an ISO 9660 image (CD001); `cpushare run` takes one of those",
+        path.display()
+    )
+}
+
+/// Runs the job; returns the exit code for the process.
+pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
+    let kind = kind_of(a.image)?;
+    let (id, len) = upload::identify(a.image)?;
+    upload::ensure(client, a.image, id, len, a.json).await?;
+    let t0 = Instant::now();
+    let req = BuyRequest {
+        kind,
+        image: id,
+        instances: a.instances,
+        cpus: a.cpus,
+        mem_mib: a.mem_mib,
+        minutes: a.minutes,
+        max_price: a.max_price,
+        job: a.job,
+        wait_secs: Some(a.wait_secs),
+        follow: true,
+    };
+    let (mut send, mut recv) = client.open().await?;
+    frame::write(&mut send, &Request::Buy(req)).await?;
+    send.finish()?;
+    let mut code = 0;
+    let mut first_output: Option<f64> = None;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    while let Some(msg) = frame::read::<Response, _>(&mut recv).await? {
+        match msg {
+            Response::Error(e) => bail!("{e}"),
+            Response::OrderPlaced { order, held } => {
+                tracing::info!("order {order} placed, {held} credits held; waiting for a seller");
+            }
+            Response::LeaseStarted { lease, seller, price } => {
+                tracing::info!("lease {lease} on seller {seller} at {price} per vCPU-minute");
+            }
+            Response::Output { stream, data, .. } => {
+                first_output.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                let r = match stream {
+                    StdStream::Stdout => stdout.lock().write_all(&data).and_then(|_| stdout.lock().flush()),
+                    StdStream::Stderr => stderr.lock().write_all(&data),
+                };
+                r.context("writing the job's output")?;
+            }
+            Response::LeaseEnded { lease, end, cost } => {
+                if !matches!(end, LeaseEnd::Exited { code: 0 } | LeaseEnd::PowerOff { status: 0 }) {
+                    eprintln!("cpushare: lease {lease} {end}");
+                }
+                tracing::info!("lease {lease} ended ({end}), cost {cost}");
+                let c = end.exit_code();
+                if c != 0 || code == 0 {
+                    code = c;
+                }
+            }
+            Response::OrderClosed { order, state, cost, refunded } => {
+                if a.json {
+                    let line = serde_json::json!({
+                        "order": order, "state": state, "cost": cost.to_string(),
+                        "cost_micros": cost.0, "refunded": refunded.to_string(),
+                        "exit_code": code, "first_output_secs": first_output,
+                    });
+                    eprintln!("{line}");
+                } else {
+                    eprintln!("cpushare: order {order} {state}; cost {cost} credits, {refunded} returned");
+                }
+                if state == "expired" && code == 0 {
+                    eprintln!("cpushare: no seller matched within the wait; see `cpushare book` for prices, or raise --max-price");
+                    code = 124;
+                }
+                return Ok(code);
+            }
+            other => tracing::debug!("ignored {other:?}"),
+        }
+    }
+    bail!("the broker closed the order stream early; see `cpushare orders` and `cpushare leases`")
+}

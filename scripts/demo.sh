@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The cpushare demo on one machine, from nothing: installs what is missing,
+# builds, then starts a broker (SQLite), two sellers and a buyer on
+# loopback, and runs WebAssembly jobs through the market, showing their
+# output and their bills. Everything lives in a temp dir, removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+scripts/install-deps.sh
+echo "== building (first time: a few minutes)"
+cargo build --workspace --bins -q
+bin=$repo/target/debug
+work=$(mktemp -d /tmp/cpushare-demo.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+bash guest-images/wasm/build.sh "$work/wasm" >/dev/null
+
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+broker() { "$bin/cpushare-broker" --data "$work/broker" "$@"; }
+seller() { local who=$1; shift; "$bin/cpushare-seller" --home "$work/$who" "$@"; }
+buyer() { "$bin/cpushare" --home "$work/alice" "$@"; }
+
+say "cpushare-broker serve --listen 127.0.0.1:0 &"
+RUST_LOG=warn "$bin/cpushare-broker" --data "$work/broker" serve --listen 127.0.0.1:0 >"$work/broker.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -s "$work/broker/endpoints.json" ]] && break; sleep 0.1; done
+cat "$work/broker.log"
+
+for s in seller-a:0.002 seller-b:0.001; do
+    name=${s%%:*} price=${s##*:}
+    say "cpushare-broker account add $name --role seller"
+    token=$(broker account add "$name" --role seller 2>/dev/null | tail -n 1)
+    echo "$token"
+    say "cpushare-seller enroll TOKEN && cpushare-seller run --cpus 2 --mem 1G --price $price &"
+    seller "$name" enroll "$token"
+    RUST_LOG=warn "$bin/cpushare-seller" --home "$work/$name" run --cpus 2 --mem 1G --price "$price" >"$work/$name.log" 2>&1 &
+    pids+=($!)
+done
+for name in seller-a seller-b; do
+    for _ in $(seq 100); do grep -q offering "$work/$name.log" && break; sleep 0.1; done
+    cat "$work/$name.log"
+done
+
+say "cpushare-broker account add alice --role buyer && cpushare-broker credit alice 5"
+token=$(broker account add alice --role buyer 2>/dev/null | tail -n 1)
+broker credit alice 5
+say "cpushare login TOKEN"
+buyer login "$token"
+say "cpushare book"
+buyer book
+say "cpushare run hello.wasm --env GREETING=hi -- from the demo"
+buyer run "$work/wasm/hello.wasm" --env GREETING=hi -- from the demo
+say "cpushare run primes.wasm --cpus 1 --minutes 1 --max-price 0.005 -- 2000000"
+buyer run "$work/wasm/primes.wasm" --cpus 1 --minutes 1 --max-price 0.005 -- 2000000
+say "cpushare run exitcode.wasm -- 3   (the job's exit code becomes ours)"
+set +e
+buyer run "$work/wasm/exitcode.wasm" -- 3
+echo "exit code: $?"
+set -e
+say "cpushare leases"
+buyer leases
+say "cpushare balance"
+buyer balance
+say "cpushare-broker ledger   (every account; the sum is always 0)"
+broker ledger

@@ -1,0 +1,293 @@
+//! A harness for cross-part tests: real `cpushare-broker`, `cpushare-seller`
+//! and `cpushare` processes on loopback, each in its own temporary
+//! directory, killed when the test ends (even when it fails).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The directory cargo put the workspace's binaries in.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/this-test -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/PROFILE/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with what to do if it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`) first",
+        p.display()
+    );
+    p
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repo")
+        .to_path_buf()
+}
+
+/// Builds the example wasm modules once per test run and returns their
+/// directory. Fails (does not skip) if clang or wasi-libc is missing.
+pub fn wasm_modules() -> PathBuf {
+    let out = bin_dir().join("test-wasm");
+    let lock = bin_dir().join("test-wasm.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .expect("lock file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor `file` keeps open for the whole
+    // test run; the lock is released when the process exits.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "could not lock {}", lock.display());
+    if !out.join("hello.wasm").exists() {
+        let status = Command::new("bash")
+            .arg(repo_root().join("guest-images/wasm/build.sh"))
+            .arg(&out)
+            .status()
+            .expect("run guest-images/wasm/build.sh");
+        assert!(
+            status.success(),
+            "building the example wasm modules failed; install clang, lld and wasi-libc (scripts/install-deps.sh)"
+        );
+    }
+    out
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    /// Lines of stdout, as they come.
+    pub lines: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("{} did not print `{needle}` within {timeout:?}", self.name),
+            }
+        }
+    }
+
+    /// SIGKILLs the process now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A broker with its data directory.
+pub struct Broker {
+    /// The process.
+    pub proc: Proc,
+    /// Its data directory.
+    pub data: tempfile::TempDir,
+    db: Option<String>,
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Broker {
+    /// Starts a broker on loopback with SQLite (or `db`), fast heartbeats.
+    pub fn start(db: Option<&str>) -> Broker {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(bin("cpushare-broker"));
+        cmd.arg("--data").arg(data.path());
+        if let Some(db) = db {
+            cmd.arg("--db").arg(db);
+        }
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1"]);
+        let proc = Proc::spawn("cpushare-broker", cmd);
+        proc.wait_for("listening on", Duration::from_secs(60));
+        Broker {
+            proc,
+            data,
+            db: db.map(str::to_string),
+        }
+    }
+
+    /// A `cpushare-broker` admin command against this broker's data.
+    pub fn admin(&self) -> Command {
+        let mut cmd = Command::new(bin("cpushare-broker"));
+        cmd.arg("--data").arg(self.data.path());
+        if let Some(db) = &self.db {
+            cmd.arg("--db").arg(db);
+        }
+        cmd
+    }
+
+    /// Creates an account; returns its token.
+    pub fn account(&self, name: &str, role: &str) -> String {
+        let out = run_ok(self.admin().args(["account", "add", name, "--role", role]));
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .lines()
+            .last()
+            .expect("token line")
+            .to_string()
+    }
+
+    /// Deposits credits.
+    pub fn credit(&self, name: &str, amount: &str) {
+        run_ok(self.admin().args(["credit", name, amount]));
+    }
+
+    /// Every ledger balance (micro-credits), checked to sum to zero.
+    pub fn ledger(&self) -> Vec<(String, i64)> {
+        let out = run_ok(self.admin().args(["ledger", "--json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ledger json");
+        assert_eq!(v["sum"], "0", "ledger must balance");
+        v["balances"]
+            .as_array()
+            .expect("balances")
+            .iter()
+            .map(|b| (b[0].as_str().expect("account").to_string(), b[1].as_i64().expect("amount")))
+            .collect()
+    }
+
+    /// One account's balance in micro-credits (0 if absent).
+    pub fn balance(&self, account: &str) -> i64 {
+        self.ledger()
+            .into_iter()
+            .find(|(a, _)| a == account)
+            .map(|(_, b)| b)
+            .unwrap_or(0)
+    }
+}
+
+/// A running seller daemon.
+pub struct Seller {
+    /// The process.
+    pub proc: Proc,
+    /// Its home.
+    pub home: tempfile::TempDir,
+}
+
+impl Seller {
+    /// Creates the account, enrolls and runs a seller offering `cpus` at `price`.
+    pub fn start(broker: &Broker, name: &str, cpus: u32, price: &str) -> Seller {
+        let token = broker.account(name, "seller");
+        let home = tempfile::tempdir().expect("tempdir");
+        run_ok(
+            Command::new(bin("cpushare-seller"))
+                .arg("--home")
+                .arg(home.path())
+                .args(["enroll", &token]),
+        );
+        let mut cmd = Command::new(bin("cpushare-seller"));
+        cmd.arg("--home").arg(home.path()).args([
+            "run",
+            "--cpus",
+            &cpus.to_string(),
+            "--mem",
+            "2G",
+            "--price",
+            price,
+        ]);
+        let proc = Proc::spawn(&format!("seller {name}"), cmd);
+        proc.wait_for("offering", Duration::from_secs(60));
+        Seller { proc, home }
+    }
+}
+
+/// A buyer identity.
+pub struct Buyer {
+    /// Its home.
+    pub home: tempfile::TempDir,
+}
+
+impl Buyer {
+    /// Creates the account with `credits`, and logs in.
+    pub fn login(broker: &Broker, name: &str, credits: &str) -> Buyer {
+        let token = broker.account(name, "buyer");
+        if credits != "0" {
+            broker.credit(name, credits);
+        }
+        let home = tempfile::tempdir().expect("tempdir");
+        run_ok(
+            Command::new(bin("cpushare"))
+                .arg("--home")
+                .arg(home.path())
+                .args(["login", &token]),
+        );
+        Buyer { home }
+    }
+
+    /// A `cpushare` command as this buyer.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(bin("cpushare"));
+        cmd.arg("--home").arg(self.home.path());
+        cmd
+    }
+
+    /// Runs `cpushare ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run cpushare")
+    }
+
+    /// Runs a `--json` listing and parses it.
+    pub fn json(&self, what: &str) -> serde_json::Value {
+        let out = self.run(&["--json", what]);
+        assert!(out.status.success(), "cpushare {what}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("json listing")
+    }
+}

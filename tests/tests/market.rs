@@ -1,0 +1,283 @@
+//! The market loop end to end with real processes: broker (SQLite), sellers,
+//! buyers, real wasm modules, real QUIC with mutual TLS.
+
+use cpushare_tests::{wasm_modules, Broker, Buyer, Seller};
+use std::time::Duration;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The cost the buyer was told, in micro-credits, from `--json` output.
+fn cost_micros(o: &std::process::Output) -> i64 {
+    let line = stderr(o)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON result line in: {}", stderr(o)))
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("result json");
+    v["cost_micros"].as_i64().expect("cost_micros")
+}
+
+#[test]
+fn wasm_job_runs_end_to_end_and_the_bill_balances() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s1 = Seller::start(&broker, "seller-a", 2, "0.002");
+    let _s2 = Seller::start(&broker, "seller-b", 2, "0.001");
+    let buyer = Buyer::login(&broker, "alice", "10");
+    let out = buyer.run(&[
+        "--json",
+        "run",
+        wasm.join("hello.wasm").to_str().unwrap(),
+        "--env",
+        "GREETING=hi",
+        "--max-price",
+        "0.01",
+        "--",
+        "one",
+        "two",
+    ]);
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("hello from wasm"), "stdout: {text}");
+    assert!(text.contains("one") && text.contains("two"), "args missing: {text}");
+    assert!(text.contains("hi"), "env missing: {text}");
+    // Cheapest seller wins (pay-as-ask): 1 vCPU x 1 minute x 0.001 = 1000 micro-credits.
+    let cost = cost_micros(&out);
+    assert_eq!(cost, 1000);
+    let ledger = broker.ledger();
+    let get = |a: &str| ledger.iter().find(|(n, _)| n == a).map(|(_, b)| *b).unwrap_or(0);
+    assert_eq!(get("user:alice"), 10_000_000 - cost);
+    // 2% fee, floored: 20 micro-credits to the broker, the rest to the seller.
+    assert_eq!(get("broker:fees"), 20);
+    assert_eq!(get("user:seller-b"), 980);
+    assert_eq!(get("user:seller-a"), 0);
+    // Every hold and escrow is empty once the order closed.
+    for (account, b) in &ledger {
+        if account.starts_with("hold:") || account.starts_with("escrow:") {
+            assert_eq!(*b, 0, "{account} still holds {b}");
+        }
+    }
+    let leases = buyer.json("leases");
+    assert_eq!(leases[0]["seller"], "seller-b");
+    assert_eq!(leases[0]["state"], "ended");
+    let orders = buyer.json("orders");
+    assert_eq!(orders[0]["state"], "filled");
+}
+
+#[test]
+fn exit_code_and_stdin_reach_the_buyer() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 2, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let out = buyer.run(&["run", wasm.join("exitcode.wasm").to_str().unwrap(), "--", "7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let input = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(input.path(), b"piped through the market\n").unwrap();
+    let out = buyer.run(&[
+        "run",
+        wasm.join("cat.wasm").to_str().unwrap(),
+        "--stdin",
+        input.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "piped through the market\n");
+}
+
+#[test]
+fn an_order_the_buyer_cannot_afford_is_refused_and_leaves_nothing() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "poor", "0.001");
+    let out = buyer.run(&[
+        "run",
+        wasm.join("hello.wasm").to_str().unwrap(),
+        "--minutes",
+        "10",
+        "--max-price",
+        "0.01",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("balance"), "{}", stderr(&out));
+    assert_eq!(broker.balance("user:poor"), 1000);
+    assert_eq!(buyer.json("orders").as_array().unwrap().len(), 0, "no order may remain");
+}
+
+#[test]
+fn tokens_are_single_use_and_expire() {
+    let broker = Broker::start(None);
+    let token = broker.account("once", "buyer");
+    let home = tempfile::tempdir().unwrap();
+    let login = |home: &std::path::Path| {
+        std::process::Command::new(cpushare_tests::bin("cpushare"))
+            .arg("--home")
+            .arg(home)
+            .args(["login", &token])
+            .output()
+            .unwrap()
+    };
+    assert!(login(home.path()).status.success());
+    let again = tempfile::tempdir().unwrap();
+    let out = login(again.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already used"), "{}", stderr(&out));
+
+    let out = broker
+        .admin()
+        .args(["account", "add", "late", "--role", "buyer", "--expires-hours", "0"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+    let out = std::process::Command::new(cpushare_tests::bin("cpushare"))
+        .arg("--home")
+        .arg(tempfile::tempdir().unwrap().path())
+        .args(["login", &token])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+
+    let out = std::process::Command::new(cpushare_tests::bin("cpushare"))
+        .arg("--home")
+        .arg(tempfile::tempdir().unwrap().path())
+        .args(["login", "cpst1-AAAA"])
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+}
+
+#[test]
+fn invalid_modules_fail_cleanly_and_cost_nothing() {
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0garbage that is not a module").unwrap();
+    let out = buyer.run(&["--json", "run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("failed on the seller"), "{}", stderr(&out));
+    assert_eq!(cost_micros(&out), 0);
+    assert_eq!(broker.balance("user:b"), 1_000_000);
+
+    let not_wasm = dir.path().join("notes.txt");
+    std::fs::write(&not_wasm, b"just text").unwrap();
+    let out = buyer.run(&["run", not_wasm.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("neither a WebAssembly module"), "{}", stderr(&out));
+}
+
+#[test]
+fn traps_and_memory_limits_are_reported_by_name() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let out = buyer.run(&["run", wasm.join("trap.wasm").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("trapped"), "{}", stderr(&out));
+    let out = buyer.run(&["run", wasm.join("membomb.wasm").to_str().unwrap(), "--mem", "16M"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("out of memory (limit 16 MiB)"), "{}", stderr(&out));
+    broker.ledger();
+}
+
+#[test]
+fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let mut seller = Seller::start(&broker, "flaky", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let mut run = buyer
+        .cmd()
+        .args(["--json", "run", wasm.join("spin.wasm").to_str().unwrap(), "--minutes", "3"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the lease runs, then kill the seller without warning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leases = buyer.json("leases");
+        if leases[0]["state"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "lease never started: {leases}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seller.proc.kill();
+    let out = wait_with_timeout(&mut run, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("seller lost"), "{}", stderr(&out));
+    // A minute started is a minute billed: 1 of 3 minutes.
+    assert_eq!(cost_micros(&out), 1000);
+    assert_eq!(broker.balance("user:b"), 1_000_000 - 1000);
+    let leases = buyer.json("leases");
+    assert_eq!(leases[0]["end"], "seller lost");
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not finish within {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = std::process::Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    if let Some(mut s) = child.stdout.take() {
+        s.read_to_end(&mut out.stdout).unwrap();
+    }
+    if let Some(mut s) = child.stderr.take() {
+        s.read_to_end(&mut out.stderr).unwrap();
+    }
+    out
+}
+
+#[test]
+fn cancelling_a_running_job_stops_it_and_bills_the_started_minute() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let mut run = buyer
+        .cmd()
+        .args(["--json", "run", wasm.join("spin.wasm").to_str().unwrap(), "--minutes", "5"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let order = loop {
+        let orders = buyer.json("orders");
+        let leases = buyer.json("leases");
+        if leases.as_array().is_some_and(|l| !l.is_empty()) && leases[0]["state"] == "running" {
+            break orders[0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "lease never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = buyer.run(&["cancel", &order]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = wait_with_timeout(&mut run, Duration::from_secs(30));
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+    assert_eq!(cost_micros(&out), 1000);
+    assert_eq!(broker.balance("user:b"), 1_000_000 - 1000);
+}
