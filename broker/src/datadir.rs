@@ -52,7 +52,10 @@ impl DataDir {
 
     /// The default database URL: SQLite in the data directory.
     pub fn sqlite_url(&self) -> String {
-        format!("sqlite://{}?mode=rwc", self.root.join("broker.db").display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.root.join("broker.db").display()
+        )
     }
 
     /// Where images live.

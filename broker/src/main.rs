@@ -144,7 +144,11 @@ async fn main() -> anyhow::Result<()> {
             heartbeat_secs,
         } => {
             let enroll_listen = enroll_listen.unwrap_or_else(|| {
-                let port = if listen.port() == 0 { 0 } else { listen.port() + 1 };
+                let port = if listen.port() == 0 {
+                    0
+                } else {
+                    listen.port() + 1
+                };
                 SocketAddr::new(listen.ip(), port)
             });
             let cfg = ServeConfig {
@@ -182,7 +186,8 @@ async fn main() -> anyhow::Result<()> {
             tx.create_user(&name, role.into(), cpushare_proto::now_ms())
                 .await
                 .with_context(|| format!("while creating account {name}"))?;
-            let token = issue_token(&data, &mut tx, &name, role, expires_hours, broker, enroll).await?;
+            let token =
+                issue_token(&data, &mut tx, &name, role, expires_hours, broker, enroll).await?;
             tx.commit().await?;
             eprintln!("account {name} ({role}) created; enroll it with the token below within {expires_hours} h:");
             println!("{token}");
@@ -193,10 +198,9 @@ async fn main() -> anyhow::Result<()> {
             expires_hours,
         }) => {
             let store = Store::open(&db_url).await?;
-            let user = store
-                .user(&name)
-                .await?
-                .with_context(|| format!("no account {name}; create it with `cpushare-broker account add`"))?;
+            let user = store.user(&name).await?.with_context(|| {
+                format!("no account {name}; create it with `cpushare-broker account add`")
+            })?;
             let mut tx = store.begin().await?;
             let role = cpushare_broker::market::wire_role(user.role)
                 .with_context(|| format!("account {name} is not a buyer or seller"))?;
@@ -217,7 +221,12 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 println!("{:<24} {:<7} KEY", "NAME", "ROLE");
                 for u in users {
-                    println!("{:<24} {:<7} {}", u.name, u.role.as_str(), u.key_id.as_deref().unwrap_or("(not enrolled)"));
+                    println!(
+                        "{:<24} {:<7} {}",
+                        u.name,
+                        u.role.as_str(),
+                        u.key_id.as_deref().unwrap_or("(not enrolled)")
+                    );
                 }
             }
             Ok(())
@@ -231,11 +240,17 @@ async fn main() -> anyhow::Result<()> {
                 bail!("no account {name}; create it with `cpushare-broker account add {name} --role buyer`");
             }
             let mut tx = store.begin().await?;
-            tx.apply_transfers(&[postings::deposit(&name, amount)], cpushare_proto::now_ms())
-                .await?;
+            tx.apply_transfers(
+                &[postings::deposit(&name, amount)],
+                cpushare_proto::now_ms(),
+            )
+            .await?;
             tx.commit().await?;
             let balance = store.balance(&accounts::user(&name)).await?;
-            println!("credited {amount} to {name}; balance {}", Micros(balance.max(0) as u64));
+            println!(
+                "credited {amount} to {name}; balance {}",
+                Micros(balance.max(0) as u64)
+            );
             Ok(())
         }
         Cmd::Ledger { json } => {
@@ -243,7 +258,12 @@ async fn main() -> anyhow::Result<()> {
             let balances = store.balances().await?;
             let sum: i128 = balances.iter().map(|(_, b)| i128::from(*b)).sum();
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"balances": balances, "sum": sum.to_string()}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"balances": balances, "sum": sum.to_string()})
+                    )?
+                );
             } else {
                 for (account, b) in &balances {
                     println!("{account:<40} {b:>16}");
@@ -272,7 +292,8 @@ async fn issue_token(
     rand::thread_rng().fill_bytes(&mut secret);
     let secret = hex::encode(secret);
     let expires = cpushare_proto::now_ms() + expires_hours * 3600 * 1000;
-    tx.create_token(&hash_secret(&secret), name, expires).await?;
+    tx.create_token(&hash_secret(&secret), name, expires)
+        .await?;
     let ep = data.endpoints();
     let ca = data.ca()?;
     Ok(Token {

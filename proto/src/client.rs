@@ -45,7 +45,9 @@ pub enum ClientError {
     #[error("cannot resolve broker address `{0}`")]
     Resolve(String),
     /// cannot reach the broker at {addr}: {reason}; is `cpushare-broker serve` running there?
-    #[error("cannot reach the broker at {addr}: {reason}; is `cpushare-broker serve` running there?")]
+    #[error(
+        "cannot reach the broker at {addr}: {reason}; is `cpushare-broker serve` running there?"
+    )]
     Connect {
         /// Address tried.
         addr: SocketAddr,
@@ -233,7 +235,8 @@ pub async fn call_on(
         .await
         .map_err(|e| ClientError::Lost(e.to_string()))?;
     frame::write(&mut send, req).await?;
-    send.finish().map_err(|e| ClientError::Lost(e.to_string()))?;
+    send.finish()
+        .map_err(|e| ClientError::Lost(e.to_string()))?;
     let mut out = Vec::new();
     while let Some(r) = frame::read::<Response, _>(&mut recv).await? {
         out.push(r);
@@ -261,7 +264,9 @@ impl Client {
             0 => Err(ClientError::Lost(
                 "the broker closed the stream without answering".into(),
             )),
-            n => Err(ClientError::Unexpected(format!("{n} replies to one request"))),
+            n => Err(ClientError::Unexpected(format!(
+                "{n} replies to one request"
+            ))),
         }
     }
 

@@ -143,7 +143,9 @@ impl Ca {
         params
             .subject_alt_names
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.distinguished_name.push(DnType::CommonName, BROKER_NAME);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, BROKER_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
@@ -163,7 +165,8 @@ impl Ca {
         role: Role,
     ) -> Result<CertificateDer<'static>, IdentityError> {
         let der = CertificateSigningRequestDer::from(csr_der.to_vec());
-        let mut csr = CertificateSigningRequestParams::from_der(&der).map_err(IdentityError::BadCsr)?;
+        let mut csr =
+            CertificateSigningRequestParams::from_der(&der).map_err(IdentityError::BadCsr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, name);
         params
@@ -263,9 +266,10 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
 ) -> Result<quinn::ServerConfig, IdentityError> {
     let p = provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, p.clone())
-        .build()
-        .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, p.clone())
+            .build()
+            .map_err(|e| IdentityError::Tls(rustls::Error::General(e.to_string())))?;
     let mut tls = tls13(&p)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;

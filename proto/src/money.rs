@@ -121,11 +121,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_amounts_by_name() {
-        assert!(matches!("".parse::<Micros>(), Err(MoneyError::NotANumber(_))));
-        assert!(matches!("-1".parse::<Micros>(), Err(MoneyError::NotANumber(_))));
-        assert!(matches!("1e3".parse::<Micros>(), Err(MoneyError::NotANumber(_))));
-        assert!(matches!("0.0000001".parse::<Micros>(), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!("99999999999999999999".parse::<Micros>(), Err(MoneyError::TooLarge(_))));
+        assert!(matches!(
+            "".parse::<Micros>(),
+            Err(MoneyError::NotANumber(_))
+        ));
+        assert!(matches!(
+            "-1".parse::<Micros>(),
+            Err(MoneyError::NotANumber(_))
+        ));
+        assert!(matches!(
+            "1e3".parse::<Micros>(),
+            Err(MoneyError::NotANumber(_))
+        ));
+        assert!(matches!(
+            "0.0000001".parse::<Micros>(),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            "99999999999999999999".parse::<Micros>(),
+            Err(MoneyError::TooLarge(_))
+        ));
     }
 
     proptest! {

@@ -112,7 +112,10 @@ mod tests {
         text.truncate(text.len() - 10);
         assert!(matches!(Token::decode(&text), Err(TokenError::Damaged(_))));
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
-        assert!(matches!(Token::decode(&long), Err(TokenError::TooLong { .. })));
+        assert!(matches!(
+            Token::decode(&long),
+            Err(TokenError::TooLong { .. })
+        ));
     }
 
     proptest! {

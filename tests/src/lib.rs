@@ -23,7 +23,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} is not built; run `cargo build --workspace` (or `cargo test --workspace`) first",
+        "{} is not built; run `cargo build --workspace --bins` (add `--release` for benchmarks) first",
         p.display()
     );
     p
@@ -200,7 +200,12 @@ impl Broker {
             .as_array()
             .expect("balances")
             .iter()
-            .map(|b| (b[0].as_str().expect("account").to_string(), b[1].as_i64().expect("amount")))
+            .map(|b| {
+                (
+                    b[0].as_str().expect("account").to_string(),
+                    b[1].as_i64().expect("amount"),
+                )
+            })
             .collect()
     }
 
@@ -287,7 +292,11 @@ impl Buyer {
     /// Runs a `--json` listing and parses it.
     pub fn json(&self, what: &str) -> serde_json::Value {
         let out = self.run(&["--json", what]);
-        assert!(out.status.success(), "cpushare {what}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cpushare {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json listing")
     }
 }

@@ -46,13 +46,22 @@ fn wasm_job_runs_end_to_end_and_the_bill_balances() {
     assert!(out.status.success(), "run failed: {}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("hello from wasm"), "stdout: {text}");
-    assert!(text.contains("one") && text.contains("two"), "args missing: {text}");
+    assert!(
+        text.contains("one") && text.contains("two"),
+        "args missing: {text}"
+    );
     assert!(text.contains("hi"), "env missing: {text}");
     // Cheapest seller wins (pay-as-ask): 1 vCPU x 1 minute x 0.001 = 1000 micro-credits.
     let cost = cost_micros(&out);
     assert_eq!(cost, 1000);
     let ledger = broker.ledger();
-    let get = |a: &str| ledger.iter().find(|(n, _)| n == a).map(|(_, b)| *b).unwrap_or(0);
+    let get = |a: &str| {
+        ledger
+            .iter()
+            .find(|(n, _)| n == a)
+            .map(|(_, b)| *b)
+            .unwrap_or(0)
+    };
     assert_eq!(get("user:alice"), 10_000_000 - cost);
     // 2% fee, floored: 20 micro-credits to the broker, the rest to the seller.
     assert_eq!(get("broker:fees"), 20);
@@ -77,7 +86,12 @@ fn exit_code_and_stdin_reach_the_buyer() {
     let broker = Broker::start(None);
     let _s = Seller::start(&broker, "s", 2, "0.001");
     let buyer = Buyer::login(&broker, "b", "1");
-    let out = buyer.run(&["run", wasm.join("exitcode.wasm").to_str().unwrap(), "--", "7"]);
+    let out = buyer.run(&[
+        "run",
+        wasm.join("exitcode.wasm").to_str().unwrap(),
+        "--",
+        "7",
+    ]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     let input = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(input.path(), b"piped through the market\n").unwrap();
@@ -108,7 +122,11 @@ fn an_order_the_buyer_cannot_afford_is_refused_and_leaves_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("balance"), "{}", stderr(&out));
     assert_eq!(broker.balance("user:poor"), 1000);
-    assert_eq!(buyer.json("orders").as_array().unwrap().len(), 0, "no order may remain");
+    assert_eq!(
+        buyer.json("orders").as_array().unwrap().len(),
+        0,
+        "no order may remain"
+    );
 }
 
 #[test]
@@ -132,10 +150,23 @@ fn tokens_are_single_use_and_expire() {
 
     let out = broker
         .admin()
-        .args(["account", "add", "late", "--role", "buyer", "--expires-hours", "0"])
+        .args([
+            "account",
+            "add",
+            "late",
+            "--role",
+            "buyer",
+            "--expires-hours",
+            "0",
+        ])
         .output()
         .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+    let token = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     let out = std::process::Command::new(cpushare_tests::bin("cpushare"))
         .arg("--home")
         .arg(tempfile::tempdir().unwrap().path())
@@ -164,7 +195,11 @@ fn invalid_modules_fail_cleanly_and_cost_nothing() {
     std::fs::write(&bad, b"\0asm\x01\0\0\0garbage that is not a module").unwrap();
     let out = buyer.run(&["--json", "run", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
-    assert!(stderr(&out).contains("failed on the seller"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed on the seller"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(cost_micros(&out), 0);
     assert_eq!(broker.balance("user:b"), 1_000_000);
 
@@ -172,7 +207,11 @@ fn invalid_modules_fail_cleanly_and_cost_nothing() {
     std::fs::write(&not_wasm, b"just text").unwrap();
     let out = buyer.run(&["run", not_wasm.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("neither a WebAssembly module"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("neither a WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -184,9 +223,18 @@ fn traps_and_memory_limits_are_reported_by_name() {
     let out = buyer.run(&["run", wasm.join("trap.wasm").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("trapped"), "{}", stderr(&out));
-    let out = buyer.run(&["run", wasm.join("membomb.wasm").to_str().unwrap(), "--mem", "16M"]);
+    let out = buyer.run(&[
+        "run",
+        wasm.join("membomb.wasm").to_str().unwrap(),
+        "--mem",
+        "16M",
+    ]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("out of memory (limit 16 MiB)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("out of memory (limit 16 MiB)"),
+        "{}",
+        stderr(&out)
+    );
     broker.ledger();
 }
 
@@ -198,7 +246,13 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
     let buyer = Buyer::login(&broker, "b", "1");
     let mut run = buyer
         .cmd()
-        .args(["--json", "run", wasm.join("spin.wasm").to_str().unwrap(), "--minutes", "3"])
+        .args([
+            "--json",
+            "run",
+            wasm.join("spin.wasm").to_str().unwrap(),
+            "--minutes",
+            "3",
+        ])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -210,7 +264,10 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
         if leases[0]["state"] == "running" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "lease never started: {leases}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lease never started: {leases}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     seller.proc.kill();
@@ -259,7 +316,13 @@ fn cancelling_a_running_job_stops_it_and_bills_the_started_minute() {
     let buyer = Buyer::login(&broker, "b", "1");
     let mut run = buyer
         .cmd()
-        .args(["--json", "run", wasm.join("spin.wasm").to_str().unwrap(), "--minutes", "5"])
+        .args([
+            "--json",
+            "run",
+            wasm.join("spin.wasm").to_str().unwrap(),
+            "--minutes",
+            "5",
+        ])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -33,7 +33,9 @@ async fn a_client_without_a_broker_issued_certificate_is_refused_at_the_handshak
     // A certificate from another CA is refused the same way.
     let other = identity::Ca::generate().unwrap();
     let (key, csr) = identity::new_key_and_csr("mallory").unwrap();
-    let cert = other.sign_csr(&csr, "mallory", cpushare_proto::msg::Role::Buyer).unwrap();
+    let cert = other
+        .sign_csr(&csr, "mallory", cpushare_proto::msg::Role::Buyer)
+        .unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let cfg = identity::client_config(&ca, vec![cert], key).unwrap();
     let outcome = match client::connect(addr, cfg).await {
@@ -79,7 +81,9 @@ async fn malformed_frames_get_named_errors_and_the_broker_keeps_serving() {
         min_minutes: 1,
         max_minutes: 1,
     };
-    let replies = client::call_on(&client.conn, &Request::Sell(offer)).await.unwrap();
+    let replies = client::call_on(&client.conn, &Request::Sell(offer))
+        .await
+        .unwrap();
     assert!(matches!(&replies[0], Response::Error(e) if e.message.contains("only a seller")));
     // Still serving.
     match client.call(&Request::Whoami).await.unwrap() {

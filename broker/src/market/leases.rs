@@ -20,8 +20,12 @@ impl Market {
         let billing = LeaseBilling::new(fill.cpus, fill.minutes, fill.price)
             .map_err(|e| MarketError::refused(ErrorCode::BadRequest, e.to_string()))?;
         let escrow = billing.escrow();
-        let (order_key, buyer, kind, spec) =
-            (buy.key.clone(), buy.buyer.clone(), buy.kind, buy.spec.clone());
+        let (order_key, buyer, kind, spec) = (
+            buy.key.clone(),
+            buy.buyer.clone(),
+            buy.kind,
+            buy.spec.clone(),
+        );
         let filled = buy.filled + 1;
         let fully = filled >= buy.instances;
         let rest = buy.held.saturating_sub(escrow);
@@ -54,7 +58,11 @@ impl Market {
         let mut tx = self.store.begin().await?;
         tx.insert_lease(&row).await?;
         tx.apply_transfers(&transfers, now_ms).await?;
-        let state = if fully { OrderState::Filled } else { OrderState::Open };
+        let state = if fully {
+            OrderState::Filled
+        } else {
+            OrderState::Open
+        };
         tx.update_order(fill.buy.0, state, filled).await?;
         tx.commit().await?;
 
@@ -115,7 +123,12 @@ impl Market {
     }
 
     /// The seller reports the sandbox up: billing starts now.
-    pub async fn lease_started(&mut self, seller: &str, lease: &str, now_ms: u64) -> Result<(), MarketError> {
+    pub async fn lease_started(
+        &mut self,
+        seller: &str,
+        lease: &str,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         let Some(l) = self.leases.get_mut(lease).filter(|l| l.seller == seller) else {
             return Ok(());
         };
@@ -132,7 +145,12 @@ impl Market {
 
     /// Output of a lease, forwarded to the buyer following its order.
     pub fn lease_output(&mut self, seller: &str, lease: &str, stream: StdStream, data: Vec<u8>) {
-        let Some(buy) = self.leases.get(lease).filter(|l| l.seller == seller).map(|l| l.buy) else {
+        let Some(buy) = self
+            .leases
+            .get(lease)
+            .filter(|l| l.seller == seller)
+            .map(|l| l.buy)
+        else {
             return;
         };
         self.tell_buyer(
@@ -159,7 +177,13 @@ impl Market {
     }
 
     /// A seller reports a lease over; `seller` must be the lease's.
-    pub async fn seller_ended(&mut self, seller: &str, lease: &str, end: LeaseEnd, now_ms: u64) -> Result<(), MarketError> {
+    pub async fn seller_ended(
+        &mut self,
+        seller: &str,
+        lease: &str,
+        end: LeaseEnd,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         if self.leases.get(lease).is_some_and(|l| l.seller == seller) {
             self.end_lease(lease, end, now_ms).await?;
         }
@@ -169,7 +193,12 @@ impl Market {
     /// Ends a lease: settles its started minutes to the seller, refunds the
     /// rest to the buyer, frees the seller's capacity (which may match
     /// resting buys), records the seller's reliability, tells the buyer.
-    pub(super) async fn end_lease(&mut self, lease: &str, end: LeaseEnd, now_ms: u64) -> Result<(), MarketError> {
+    pub(super) async fn end_lease(
+        &mut self,
+        lease: &str,
+        end: LeaseEnd,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         let Some(mut l) = self.leases.remove(lease) else {
             return Ok(());
         };
@@ -196,7 +225,8 @@ impl Market {
         let mut tx = self.store.begin().await?;
         tx.apply_transfers(&transfers, now_ms).await?;
         tx.update_lease_settled(l.id, billed_minutes, cost).await?;
-        tx.end_lease(l.id, &end.to_string(), exit_code, now_ms, cost).await?;
+        tx.end_lease(l.id, &end.to_string(), exit_code, now_ms, cost)
+            .await?;
         tx.record_lease_outcome(&l.seller, failed, now_ms).await?;
         tx.commit().await?;
 
@@ -245,7 +275,14 @@ impl Market {
                 // length plus grace is not going to.
                 let limit = l.matched_ms + u64::from(l.billing.minutes()) * MS_PER_MINUTE + grace;
                 if now_ms > limit {
-                    self.end_lease(&key, LeaseEnd::Failed { message: "the seller never started the lease".into() }, now_ms).await?;
+                    self.end_lease(
+                        &key,
+                        LeaseEnd::Failed {
+                            message: "the seller never started the lease".into(),
+                        },
+                        now_ms,
+                    )
+                    .await?;
                 }
                 continue;
             };
@@ -254,12 +291,20 @@ impl Market {
             let (minutes, amount) = b.settle_until(now_ms.min(end_at), started);
             if minutes > 0 {
                 let (id, seller, lease_key) = (l.id, l.seller.clone(), l.key.clone());
-                let cost_after = crate::ledger::billing::cost(u64::from(b.cpus()), b.settled_minutes(), b.price())
-                    .unwrap_or(Micros::ZERO);
+                let cost_after = crate::ledger::billing::cost(
+                    u64::from(b.cpus()),
+                    b.settled_minutes(),
+                    b.price(),
+                )
+                .unwrap_or(Micros::ZERO);
                 let mut tx = self.store.begin().await?;
-                tx.apply_transfers(&postings::settle(&lease_key, &seller, amount, self.cfg.fee_bps), now_ms)
+                tx.apply_transfers(
+                    &postings::settle(&lease_key, &seller, amount, self.cfg.fee_bps),
+                    now_ms,
+                )
+                .await?;
+                tx.update_lease_settled(id, b.settled_minutes(), cost_after)
                     .await?;
-                tx.update_lease_settled(id, b.settled_minutes(), cost_after).await?;
                 tx.commit().await?;
                 if let Some(l) = self.leases.get_mut(&key) {
                     l.billing = b;
@@ -269,7 +314,8 @@ impl Market {
                 continue;
             };
             if now_ms > end_at + 2 * grace {
-                self.end_lease(&key, LeaseEnd::WallTimeExceeded, now_ms).await?;
+                self.end_lease(&key, LeaseEnd::WallTimeExceeded, now_ms)
+                    .await?;
             } else if now_ms > end_at + grace && !l.stop_sent {
                 self.stop_lease(&key);
             }

@@ -104,8 +104,12 @@ impl Market {
         )
         .map_err(|e| MarketError::refused(ErrorCode::BadRequest, e.to_string()))?;
         let available = Micros(
-            u64::try_from(self.store.balance(&crate::ledger::accounts::user(buyer)).await?)
-                .unwrap_or(0),
+            u64::try_from(
+                self.store
+                    .balance(&crate::ledger::accounts::user(buyer))
+                    .await?,
+            )
+            .unwrap_or(0),
         );
         if available < worst {
             return Err(MarketError::refused(
@@ -122,9 +126,7 @@ impl Market {
             image_len,
             job: req.job.clone(),
         };
-        let expires = req
-            .wait_secs
-            .map(|w| now_ms + u64::from(w) * 1000);
+        let expires = req.wait_secs.map(|w| now_ms + u64::from(w) * 1000);
         let row = OrderRow {
             id: id.0,
             key: key.clone(),
@@ -201,7 +203,11 @@ impl Market {
     /// Lets a buyer follow one of its orders again (after a reconnect or a
     /// broker restart). Returns false if the order is unknown or not theirs.
     pub fn follow(&mut self, buyer: &str, key: &str, to: UnboundedSender<Response>) -> bool {
-        match self.buys.values_mut().find(|b| b.key == key && b.buyer == buyer) {
+        match self
+            .buys
+            .values_mut()
+            .find(|b| b.key == key && b.buyer == buyer)
+        {
             Some(b) => {
                 b.follower = Some(to);
                 true
@@ -306,18 +312,28 @@ impl Market {
 
     /// The seller's session ended (stream closed, error, or missed
     /// heartbeats): its order leaves the book and its leases end as lost.
-    pub async fn close_session(&mut self, s: &SellerSession, now_ms: u64) -> Result<(), MarketError> {
+    pub async fn close_session(
+        &mut self,
+        s: &SellerSession,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         let current = self
             .sells
             .get(&s.order)
             .is_some_and(|sell| sell.session_id == s.session_id);
         if current {
-            self.close_sell(s.order, LeaseEnd::SellerLost, now_ms).await?;
+            self.close_sell(s.order, LeaseEnd::SellerLost, now_ms)
+                .await?;
         }
         Ok(())
     }
 
-    async fn close_sell(&mut self, id: OrderId, end: LeaseEnd, now_ms: u64) -> Result<(), MarketError> {
+    async fn close_sell(
+        &mut self,
+        id: OrderId,
+        end: LeaseEnd,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         let Some(sell) = self.sells.remove(&id) else {
             return Ok(());
         };
@@ -344,7 +360,12 @@ impl Market {
     /// Cancels `owner`'s order `key`. A buy stops matching, its unused
     /// reserve returns, and its running leases are stopped (billed for the
     /// minutes they ran). A sell stops offering; running leases go on.
-    pub async fn cancel(&mut self, owner: &str, key: &str, now_ms: u64) -> Result<Micros, MarketError> {
+    pub async fn cancel(
+        &mut self,
+        owner: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Micros, MarketError> {
         let not_found = || {
             MarketError::refused(
                 ErrorCode::NotFound,
@@ -356,7 +377,9 @@ impl Market {
             .iter()
             .find(|(_, b)| b.key == key && b.buyer == owner)
         {
-            let released = self.finish_buy(id, crate::store::OrderState::Cancelled, now_ms).await?;
+            let released = self
+                .finish_buy(id, crate::store::OrderState::Cancelled, now_ms)
+                .await?;
             let running: Vec<String> = self
                 .leases
                 .values()
@@ -384,7 +407,12 @@ impl Market {
     }
 
     /// The buyer following `key` went away: treat it as a cancel.
-    pub async fn follower_gone(&mut self, owner: &str, key: &str, now_ms: u64) -> Result<(), MarketError> {
+    pub async fn follower_gone(
+        &mut self,
+        owner: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         let still_open = self.buys.values().any(|b| b.key == key && b.done.is_none());
         let has_leases = self
             .buys
@@ -466,7 +494,8 @@ impl Market {
         &mut self,
         fills: Vec<Fill>,
         now_ms: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), MarketError>> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), MarketError>> + Send + '_>>
+    {
         Box::pin(async move {
             for fill in fills {
                 self.open_lease(fill, now_ms).await?;
@@ -485,7 +514,8 @@ impl Market {
             match row.side {
                 Side::Sell => {
                     let mut tx = self.store.begin().await?;
-                    tx.update_order(row.id, OrderState::Closed, row.filled).await?;
+                    tx.update_order(row.id, OrderState::Closed, row.filled)
+                        .await?;
                     tx.commit().await?;
                 }
                 Side::Buy => self.recover_buy(row, now_ms).await?,
@@ -494,15 +524,25 @@ impl Market {
         Ok(())
     }
 
-    async fn end_recovered_lease(&mut self, row: &LeaseRow, now_ms: u64) -> Result<(), MarketError> {
+    async fn end_recovered_lease(
+        &mut self,
+        row: &LeaseRow,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
         let settled = billing::cost(u64::from(row.cpus), row.settled_minutes, row.price)
             .unwrap_or(row.escrow);
         let refund = row.escrow.saturating_sub(settled);
         let mut tx = self.store.begin().await?;
         tx.apply_transfers(&postings::refund(&row.key, &row.buyer, refund), now_ms)
             .await?;
-        tx.end_lease(row.id, &LeaseEnd::SellerLost.to_string(), None, now_ms, settled)
-            .await?;
+        tx.end_lease(
+            row.id,
+            &LeaseEnd::SellerLost.to_string(),
+            None,
+            now_ms,
+            settled,
+        )
+        .await?;
         tx.record_lease_outcome(&row.seller, true, now_ms).await?;
         tx.commit().await?;
         tracing::warn!(lease = %row.key, "lease ended by broker restart; unused escrow refunded");
@@ -526,7 +566,8 @@ impl Market {
             let mut tx = self.store.begin().await?;
             tx.apply_transfers(&postings::release_hold(&row.key, &row.owner, held), now_ms)
                 .await?;
-            tx.update_order(row.id, OrderState::Closed, row.filled).await?;
+            tx.update_order(row.id, OrderState::Closed, row.filled)
+                .await?;
             tx.commit().await?;
             return Ok(());
         };

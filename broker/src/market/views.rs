@@ -52,14 +52,14 @@ impl Market {
     /// `name`'s orders, newest first.
     pub async fn orders_of(&self, name: &str) -> Result<Vec<OrderView>, MarketError> {
         let mut rows = self.store.orders_of(name).await?;
-        rows.sort_by(|a, b| b.id.cmp(&a.id));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.id));
         Ok(rows.iter().map(order_view).collect())
     }
 
     /// `name`'s leases as buyer or seller, newest first.
     pub async fn leases_of(&self, name: &str) -> Result<Vec<LeaseView>, MarketError> {
         let mut rows = self.store.leases_of(name).await?;
-        rows.sort_by(|a, b| b.id.cmp(&a.id));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.id));
         let orders = self.store.orders_of(name).await?;
         Ok(rows
             .iter()

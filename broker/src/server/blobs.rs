@@ -92,7 +92,10 @@ impl Blobs {
                 Err(e) => {
                     // Keep what arrived: the buyer resumes from here.
                     file.flush().await.map_err(io)?;
-                    return Err(refuse(ErrorCode::BadRequest, format!("upload interrupted: {e}")));
+                    return Err(refuse(
+                        ErrorCode::BadRequest,
+                        format!("upload interrupted: {e}"),
+                    ));
                 }
             };
             if chunk.len() > CHUNK || got + chunk.len() as u64 > len {
@@ -119,7 +122,9 @@ impl Blobs {
                 format!("uploaded bytes hash to {actual}, not {id}; upload again"),
             ));
         }
-        tokio::fs::rename(&partial, self.path(&id)).await.map_err(io)?;
+        tokio::fs::rename(&partial, self.path(&id))
+            .await
+            .map_err(io)?;
         Ok(Response::Stored { id })
     }
 
@@ -130,16 +135,23 @@ impl Blobs {
         offset: u64,
         send: &mut quinn::SendStream,
     ) -> Result<(), ErrorReply> {
-        let len = self
-            .complete_len(id)
-            .ok_or_else(|| refuse(ErrorCode::NotFound, format!("the broker holds no image {id}")))?;
+        let len = self.complete_len(id).ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                format!("the broker holds no image {id}"),
+            )
+        })?;
         let io = |e: std::io::Error| refuse(ErrorCode::Internal, format!("broker disk: {e}"));
         let wire = |e: frame::FrameError| refuse(ErrorCode::Internal, e.to_string());
-        frame::write(send, &Response::Blob { len }).await.map_err(wire)?;
+        frame::write(send, &Response::Blob { len })
+            .await
+            .map_err(wire)?;
         let mut file = tokio::fs::File::open(self.path(id)).await.map_err(io)?;
         if offset > 0 {
             use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start(offset.min(len))).await.map_err(io)?;
+            file.seek(std::io::SeekFrom::Start(offset.min(len)))
+                .await
+                .map_err(io)?;
         }
         let mut buf = vec![0u8; CHUNK];
         loop {

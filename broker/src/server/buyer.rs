@@ -17,7 +17,10 @@ pub(super) async fn buy(
     let Some(image_len) = shared.blobs.complete_len(&req.image) else {
         let r = refuse(
             ErrorCode::NotFound,
-            format!("the broker holds no image {}; upload it first (`cpushare run` does)", req.image),
+            format!(
+                "the broker holds no image {}; upload it first (`cpushare run` does)",
+                req.image
+            ),
         );
         frame::write(&mut send, &r).await?;
         send.finish()?;

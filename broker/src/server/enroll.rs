@@ -15,7 +15,11 @@ pub(super) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) -> any
     let conn = incoming.await?;
     let (mut send, mut recv) =
         tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await??;
-    let req = tokio::time::timeout(Duration::from_secs(10), frame::read::<Request, _>(&mut recv)).await??;
+    let req = tokio::time::timeout(
+        Duration::from_secs(10),
+        frame::read::<Request, _>(&mut recv),
+    )
+    .await??;
     let reply = match req {
         Some(Request::Enroll { secret, csr_der }) => enroll(&shared, &secret, &csr_der)
             .await
@@ -36,10 +40,16 @@ async fn enroll(shared: &Shared, secret: &str, csr_der: &[u8]) -> Result<Respons
     let refuse = |code, message: String| ErrorReply { code, message };
     let internal = |e: StoreError| {
         tracing::error!("enrollment store error: {e}");
-        refuse(ErrorCode::Internal, "the broker could not record the enrollment; try again".into())
+        refuse(
+            ErrorCode::Internal,
+            "the broker could not record the enrollment; try again".into(),
+        )
     };
     if csr_der.len() > 16 << 10 {
-        return Err(refuse(ErrorCode::BadRequest, "certificate request too large".into()));
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "certificate request too large".into(),
+        ));
     }
     let mut tx = shared.store.begin().await.map_err(internal)?;
     let name = match tx.redeem_token(&hash_secret(secret), now()).await {
@@ -59,16 +69,26 @@ async fn enroll(shared: &Shared, secret: &str, csr_der: &[u8]) -> Result<Respons
         .user(&name)
         .await
         .map_err(internal)?
-        .ok_or_else(|| refuse(ErrorCode::NotFound, format!("account {name} no longer exists")))?;
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                format!("account {name} no longer exists"),
+            )
+        })?;
     let role = crate::market::wire_role(user.role).ok_or_else(|| {
-        refuse(ErrorCode::Forbidden, format!("account {name} cannot enroll over the network"))
+        refuse(
+            ErrorCode::Forbidden,
+            format!("account {name} cannot enroll over the network"),
+        )
     })?;
     let cert = shared
         .ca
         .sign_csr(csr_der, &name, role)
         .map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
     let peer = Peer::from_cert(&cert).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-    tx.set_user_key(&name, &peer.key_id).await.map_err(internal)?;
+    tx.set_user_key(&name, &peer.key_id)
+        .await
+        .map_err(internal)?;
     tx.commit().await.map_err(internal)?;
     tracing::info!(%name, key = %peer.key_id, "enrolled");
     Ok(Response::Enrolled {

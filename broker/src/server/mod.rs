@@ -80,7 +80,12 @@ impl Broker {
             identity::enroll_server_config(chain, key)?,
             cfg.enroll_listen,
         )
-        .with_context(|| format!("while binding the enrollment endpoint {}", cfg.enroll_listen))?;
+        .with_context(|| {
+            format!(
+                "while binding the enrollment endpoint {}",
+                cfg.enroll_listen
+            )
+        })?;
         let endpoints = Endpoints {
             broker: control.local_addr()?.to_string(),
             enroll: enroll.local_addr()?.to_string(),
@@ -158,10 +163,20 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> any
     let conn = incoming.await.context("handshake")?;
     let peer = Peer::of_connection(&conn)?;
     let user = shared.store.user(&peer.name).await?;
-    let valid = user.is_some_and(|u| crate::market::wire_role(u.role) == Some(peer.role) && u.key_id.as_deref() == Some(&peer.key_id));
+    let valid = user.is_some_and(|u| {
+        crate::market::wire_role(u.role) == Some(peer.role)
+            && u.key_id.as_deref() == Some(&peer.key_id)
+    });
     if !valid {
-        conn.close(1u32.into(), b"unknown account or replaced key; enroll again");
-        anyhow::bail!("refused {} ({}): not the enrolled key", peer.name, peer.key_id);
+        conn.close(
+            1u32.into(),
+            b"unknown account or replaced key; enroll again",
+        );
+        anyhow::bail!(
+            "refused {} ({}): not the enrolled key",
+            peer.name,
+            peer.key_id
+        );
     }
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -190,7 +205,10 @@ fn need(peer: &Peer, role: Role) -> Option<Response> {
     (peer.role != role).then(|| {
         refuse(
             ErrorCode::Forbidden,
-            format!("only a {role} may do that; you are enrolled as a {}", peer.role),
+            format!(
+                "only a {role} may do that; you are enrolled as a {}",
+                peer.role
+            ),
         )
     })
 }
@@ -202,7 +220,8 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
-    let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, frame::read::<Request, _>(&mut recv)).await;
+    let first =
+        tokio::time::timeout(FIRST_FRAME_TIMEOUT, frame::read::<Request, _>(&mut recv)).await;
     let req = match first {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return Ok(()),
@@ -230,9 +249,16 @@ async fn serve_stream(
         }
         Request::Fetch { id, offset } => {
             let allowed = peer.role == Role::Seller
-                && shared.market.lock().await.seller_needs_image(&peer.name, &id);
+                && shared
+                    .market
+                    .lock()
+                    .await
+                    .seller_needs_image(&peer.name, &id);
             if !allowed {
-                refuse(ErrorCode::Forbidden, format!("no lease of yours needs image {id}"))
+                refuse(
+                    ErrorCode::Forbidden,
+                    format!("no lease of yours needs image {id}"),
+                )
             } else {
                 if let Err(e) = shared.blobs.send(&id, offset, &mut send).await {
                     let _ = frame::write(&mut send, &Response::Error(e)).await;
@@ -259,7 +285,9 @@ async fn serve_stream(
         },
         Request::Balance => {
             let m = shared.market.lock().await;
-            m.balance(&peer.name).await.unwrap_or_else(|e| Response::Error(e.reply()))
+            m.balance(&peer.name)
+                .await
+                .unwrap_or_else(|e| Response::Error(e.reply()))
         }
         Request::Book => Response::Book(shared.market.lock().await.book_levels()),
         Request::Orders => {

@@ -43,7 +43,8 @@ pub(super) async fn session(
     let cfg = shared.market.lock().await.config().clone();
     let silence = Duration::from_secs(u64::from(cfg.heartbeat_secs * cfg.missed_heartbeats));
     loop {
-        let msg = match tokio::time::timeout(silence, frame::read::<SellerMsg, _>(&mut recv)).await {
+        let msg = match tokio::time::timeout(silence, frame::read::<SellerMsg, _>(&mut recv)).await
+        {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
@@ -61,7 +62,11 @@ pub(super) async fn session(
         let result = match msg {
             SellerMsg::Heartbeat { .. } => Ok(()),
             SellerMsg::Started { lease } => m.lease_started(&peer.name, &lease, t).await,
-            SellerMsg::Output { lease, stream, data } => {
+            SellerMsg::Output {
+                lease,
+                stream,
+                data,
+            } => {
                 m.lease_output(&peer.name, &lease, stream, data);
                 Ok(())
             }

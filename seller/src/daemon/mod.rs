@@ -1,0 +1,227 @@
+//! The seller daemon: keeps a session with the broker, posts the offer,
+//! heartbeats, and runs each lease it is given in a sandbox.
+//!
+//! Lost connections are retried with backoff; leases running when the
+//! session dies are interrupted (the broker has already ended them as
+//! `seller lost` and will not pay for more).
+
+mod fetch;
+mod wasm_job;
+
+use crate::cache::ImageCache;
+use crate::lease::{Action, Lease, LeaseEvent};
+use crate::wasm::{RuntimeConfig, WasmRuntime};
+use anyhow::Context;
+use cpushare_proto::client::{Client, Home};
+use cpushare_proto::frame;
+use cpushare_proto::msg::{
+    BrokerMsg, LeaseEnd, LeaseSpec, Request, SandboxKind, SellOffer, SellerMsg,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::{self, UnboundedSender};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct SellerConfig {
+    /// The enrolled identity (and the directory for caches).
+    pub home: Home,
+    /// What to offer.
+    pub offer: SellOffer,
+}
+
+/// One lease the daemon is running.
+struct Running {
+    lease: Lease,
+    interrupt: Arc<AtomicBool>,
+}
+
+/// Leases by id, shared by the session reader and the lease tasks.
+type Leases = Arc<Mutex<HashMap<String, Running>>>;
+
+/// Everything a lease task needs.
+#[derive(Clone)]
+struct Ctx {
+    conn: quinn::Connection,
+    out: UnboundedSender<SellerMsg>,
+    leases: Leases,
+    cache: Arc<ImageCache>,
+    runtime: Arc<WasmRuntime>,
+    scratch_root: PathBuf,
+}
+
+/// Runs the daemon until it is killed, reconnecting as needed.
+pub async fn run(cfg: SellerConfig) -> anyhow::Result<()> {
+    let dir = cfg.home.dir().to_path_buf();
+    let cache =
+        Arc::new(ImageCache::open(dir.join("images")).context("while opening the image cache")?);
+    let runtime = Arc::new(
+        WasmRuntime::new(RuntimeConfig {
+            compiled_cache_dir: dir.join("compiled"),
+            max_instances: (cfg.offer.cpus * 4).clamp(16, 1000),
+            max_memory_bytes: (cfg.offer.mem_mib << 20).min(4 << 30),
+        })
+        .context("while starting the wasm runtime")?,
+    );
+    let scratch_root = dir.join("scratch");
+    // Scratch left by a previous run belongs to leases that are over.
+    let _ = std::fs::remove_dir_all(&scratch_root);
+    std::fs::create_dir_all(&scratch_root)?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = std::time::Instant::now();
+        match session(&cfg, &cache, &runtime, &scratch_root).await {
+            Ok(()) => tracing::warn!("broker ended the session"),
+            Err(e) => tracing::warn!("session failed: {e:#}"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        tracing::info!("reconnecting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn session(
+    cfg: &SellerConfig,
+    cache: &Arc<ImageCache>,
+    runtime: &Arc<WasmRuntime>,
+    scratch_root: &std::path::Path,
+) -> anyhow::Result<()> {
+    let client: Client = cfg.home.connect().await?;
+    let (mut send, mut recv) = client.open().await?;
+    frame::write(&mut send, &Request::Sell(cfg.offer.clone())).await?;
+    let heartbeat_secs = match frame::read::<BrokerMsg, _>(&mut recv).await? {
+        Some(BrokerMsg::Welcome {
+            order,
+            heartbeat_secs,
+        }) => {
+            println!(
+                "seller {} offering {} vCPU, {} MiB at {} per vCPU-minute (order {order})",
+                client.info.name, cfg.offer.cpus, cfg.offer.mem_mib, cfg.offer.price
+            );
+            heartbeat_secs
+        }
+        Some(BrokerMsg::Error(e)) => anyhow::bail!("the broker refused the offer: {e}"),
+        other => anyhow::bail!("unexpected first message from the broker: {other:?}"),
+    };
+    let (out, mut out_rx) = mpsc::unbounded_channel::<SellerMsg>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            if frame::write(&mut send, &msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let leases: Leases = Arc::default();
+    let heart = {
+        let out = out.clone();
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            let mut every =
+                tokio::time::interval(Duration::from_secs(u64::from(heartbeat_secs.max(1))));
+            loop {
+                every.tick().await;
+                let running = lock(&leases).keys().cloned().collect();
+                if out.send(SellerMsg::Heartbeat { running }).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let ctx = Ctx {
+        conn: client.conn.clone(),
+        out,
+        leases: leases.clone(),
+        cache: cache.clone(),
+        runtime: runtime.clone(),
+        scratch_root: scratch_root.to_path_buf(),
+    };
+    let result = loop {
+        let msg = match frame::read::<BrokerMsg, _>(&mut recv).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(anyhow::Error::from(e)),
+        };
+        match msg {
+            BrokerMsg::Start(spec) => start(&ctx, spec),
+            BrokerMsg::Stop { lease } => {
+                let mut map = lock(&leases);
+                if let Some(r) = map.get_mut(&lease) {
+                    if r.lease.handle(LeaseEvent::StopRequested) == Action::InterruptSandbox {
+                        r.interrupt.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            BrokerMsg::Welcome { .. } => {}
+            BrokerMsg::Error(e) => break Err(anyhow::anyhow!("the broker ended the session: {e}")),
+        }
+    };
+    heart.abort();
+    writer.abort();
+    for r in lock(&leases).values() {
+        r.interrupt.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+fn lock(leases: &Leases) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+    leases.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies `event` to lease `id` and returns the action (None if unknown).
+fn step(leases: &Leases, id: &str, event: LeaseEvent) -> Action {
+    lock(leases)
+        .get_mut(id)
+        .map(|r| r.lease.handle(event))
+        .unwrap_or(Action::None)
+}
+
+fn report(ctx: &Ctx, id: &str, end: LeaseEnd) {
+    lock(&ctx.leases).remove(id);
+    tracing::info!(lease = %id, %end, "lease over");
+    let _ = ctx.out.send(SellerMsg::Ended {
+        lease: id.to_string(),
+        end,
+    });
+}
+
+fn start(ctx: &Ctx, spec: LeaseSpec) {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    lock(&ctx.leases).insert(
+        spec.lease.clone(),
+        Running {
+            lease: Lease::new(),
+            interrupt: interrupt.clone(),
+        },
+    );
+    tracing::info!(lease = %spec.lease, buyer = %spec.buyer, kind = %spec.kind, "lease assigned");
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let id = spec.lease.clone();
+        let fetched = fetch::image(&ctx.conn, &ctx.cache, spec.image, spec.image_len).await;
+        let event = match &fetched {
+            Ok(_) => LeaseEvent::ImageReady,
+            Err(e) => LeaseEvent::ImageFailed(e.clone()),
+        };
+        match step(&ctx.leases, &id, event) {
+            Action::StartSandbox => {}
+            Action::Report(end) => return report(&ctx, &id, end),
+            _ => return,
+        }
+        let bytes = fetched.expect("ImageReady only on success");
+        let end = match spec.kind {
+            SandboxKind::Wasm => wasm_job::run(&ctx, &spec, bytes, interrupt).await,
+            SandboxKind::Vm => LeaseEnd::Failed {
+                message: "this seller does not run vm leases yet".into(),
+            },
+        };
+        if let Action::Report(end) = step(&ctx.leases, &id, LeaseEvent::SandboxExited(end)) {
+            report(&ctx, &id, end);
+        }
+    });
+}

@@ -1,0 +1,61 @@
+//! What a buyer's job is given (arguments, environment, input, limits) and
+//! how it ended.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The inputs of one run of a module.
+#[derive(Debug, Clone, Default)]
+pub struct JobSpec {
+    /// Arguments after `argv[0]` (which the runtime sets to the module's name).
+    pub args: Vec<String>,
+    /// The complete environment; nothing of the seller's leaks in.
+    pub env: Vec<(String, String)>,
+    /// Everything the guest will read from stdin.
+    pub stdin: Vec<u8>,
+    /// Host directory the guest sees as `/scratch` and as its working directory.
+    pub scratch_dir: PathBuf,
+    /// Set to `true` (from any thread) to stop the guest within one epoch
+    /// tick (~10 ms of guest execution): the lease ended or the owner
+    /// wants the machine back.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// The resources one run may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Ceiling on the guest's linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// CPU time the run's thread may use (measured on that thread, so jobs
+    /// sharing a core do not eat each other's budget).
+    pub cpu_time: Duration,
+    /// Wall-clock time from start to forced stop.
+    pub wall_time: Duration,
+}
+
+/// How a run ended. Each is a normal result of running untrusted code, not
+/// an error of the seller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The guest returned from `_start` (status 0) or called `proc_exit`.
+    Exited(i32),
+    /// The guest trapped (unreachable, out-of-bounds access, stack overflow...).
+    Trapped {
+        /// wasmtime's description of the trap, with the guest backtrace.
+        message: String,
+    },
+    /// The guest used up its CPU time.
+    CpuTimeExceeded,
+    /// The guest ran past its wall-clock time.
+    WallTimeExceeded,
+    /// The seller stopped the guest through [`JobSpec::interrupt`].
+    Interrupted,
+    /// The guest was refused memory beyond its limit and then failed (a
+    /// non-zero exit or a trap after a denied `memory.grow`).
+    MemoryExceeded {
+        /// The limit it hit, in bytes.
+        limit: u64,
+    },
+}
