@@ -15,9 +15,19 @@ pub fn book(levels: &[BookLevel]) {
         println!("the book is empty: no seller is offering capacity and no buyer is waiting");
         return;
     }
-    println!("{:<5} {:<5} {:>12} {:>6} {:>7}", "SIDE", "KIND", "PRICE/vCPU-min", "vCPUs", "ORDERS");
+    println!(
+        "{:<5} {:<5} {:>12} {:>6} {:>7}",
+        "SIDE", "KIND", "PRICE/vCPU-min", "vCPUs", "ORDERS"
+    );
     for l in levels {
-        println!("{:<5} {:<5} {:>14} {:>6} {:>7}", l.side, l.kind, l.price.to_string(), l.cpus, l.orders);
+        println!(
+            "{:<5} {:<5} {:>14} {:>6} {:>7}",
+            l.side,
+            l.kind,
+            l.price.to_string(),
+            l.cpus,
+            l.orders
+        );
     }
 }
 
@@ -39,7 +49,15 @@ pub fn orders(rows: &[OrderView]) {
         };
         println!(
             "{:<11} {:<4} {:<8} {:>5} {:>7} {:>9} {:>7} {:>10} {:<9}",
-            o.id, o.side, o.kind, o.cpus, o.mem_mib, filled, o.minutes, o.price.to_string(), o.state
+            o.id,
+            o.side,
+            o.kind,
+            o.cpus,
+            o.mem_mib,
+            filled,
+            o.minutes,
+            o.price.to_string(),
+            o.state
         );
     }
 }

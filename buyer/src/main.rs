@@ -117,8 +117,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .without_time()
@@ -138,7 +137,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
     let home = Home::new(&cli.home);
     if let Cmd::Login { token } = &cli.cmd {
         let info = home.enroll(token, Role::Buyer).await?;
-        println!("logged in as {} at {}; identity in {}", info.name, info.broker, cli.home.display());
+        println!(
+            "logged in as {} at {}; identity in {}",
+            info.name,
+            info.broker,
+            cli.home.display()
+        );
         return Ok(0);
     }
     let client = home.connect().await?;
@@ -148,7 +152,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Whoami => match client.call(&Request::Whoami).await? {
             Response::Whoami { name, role, key_id } => {
                 if json {
-                    listing::json(&serde_json::json!({"name": name, "role": role.as_str(), "key_id": key_id, "broker": client.info.broker}))?;
+                    listing::json(
+                        &serde_json::json!({"name": name, "role": role.as_str(), "key_id": key_id, "broker": client.info.broker}),
+                    )?;
                 } else {
                     println!("{name} ({role}, key {key_id}) at {}", client.info.broker);
                 }
@@ -169,9 +175,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let stdin = match stdin {
                 Some(p) => {
-                    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let bytes = std::fs::read(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
                     if bytes.len() > MAX_STDIN {
-                        bail!("{} is {} bytes; at most {MAX_STDIN} can travel as stdin", p.display(), bytes.len());
+                        bail!(
+                            "{} is {} bytes; at most {MAX_STDIN} can travel as stdin",
+                            p.display(),
+                            bytes.len()
+                        );
                     }
                     bytes
                 }
@@ -211,7 +222,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             other => bail!("unexpected reply {other:?}"),
         },
         Cmd::Balance => match client.call(&Request::Balance).await? {
-            Response::Balance { available, held, escrow } => {
+            Response::Balance {
+                available,
+                held,
+                escrow,
+            } => {
                 if json {
                     listing::json(&serde_json::json!({
                         "available": available.to_string(), "held": held.to_string(), "escrow": escrow.to_string(),
@@ -226,7 +241,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cancel { id } => match client.call(&Request::Cancel { order: id }).await? {
             Response::Cancelled { order, refunded } => {
                 if json {
-                    listing::json(&serde_json::json!({"order": order, "refunded": refunded.to_string()}))?;
+                    listing::json(
+                        &serde_json::json!({"order": order, "refunded": refunded.to_string()}),
+                    )?;
                 } else {
                     println!("cancelled {order}; {refunded} credits returned");
                 }

@@ -5,7 +5,9 @@ use anyhow::{bail, Context};
 use cpushare_proto::client::Client;
 use cpushare_proto::frame;
 use cpushare_proto::money::Micros;
-use cpushare_proto::msg::{BuyRequest, JobSpec, LeaseEnd, Request, Response, SandboxKind, StdStream};
+use cpushare_proto::msg::{
+    BuyRequest, JobSpec, LeaseEnd, Request, Response, SandboxKind, StdStream,
+};
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -35,7 +37,8 @@ pub struct RunArgs<'a> {
 /// Which sandbox an image needs, from its first bytes.
 pub fn kind_of(path: &Path) -> anyhow::Result<SandboxKind> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut magic = [0u8; 4];
     if f.read_exact(&mut magic).is_ok() && &magic == b"\0asm" {
         return Ok(SandboxKind::Wasm);
@@ -81,19 +84,29 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
             Response::OrderPlaced { order, held } => {
                 tracing::info!("order {order} placed, {held} credits held; waiting for a seller");
             }
-            Response::LeaseStarted { lease, seller, price } => {
+            Response::LeaseStarted {
+                lease,
+                seller,
+                price,
+            } => {
                 tracing::info!("lease {lease} on seller {seller} at {price} per vCPU-minute");
             }
             Response::Output { stream, data, .. } => {
                 first_output.get_or_insert_with(|| t0.elapsed().as_secs_f64());
                 let r = match stream {
-                    StdStream::Stdout => stdout.lock().write_all(&data).and_then(|_| stdout.lock().flush()),
+                    StdStream::Stdout => stdout
+                        .lock()
+                        .write_all(&data)
+                        .and_then(|_| stdout.lock().flush()),
                     StdStream::Stderr => stderr.lock().write_all(&data),
                 };
                 r.context("writing the job's output")?;
             }
             Response::LeaseEnded { lease, end, cost } => {
-                if !matches!(end, LeaseEnd::Exited { code: 0 } | LeaseEnd::PowerOff { status: 0 }) {
+                if !matches!(
+                    end,
+                    LeaseEnd::Exited { code: 0 } | LeaseEnd::PowerOff { status: 0 }
+                ) {
                     eprintln!("cpushare: lease {lease} {end}");
                 }
                 tracing::info!("lease {lease} ended ({end}), cost {cost}");
@@ -102,7 +115,12 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
                     code = c;
                 }
             }
-            Response::OrderClosed { order, state, cost, refunded } => {
+            Response::OrderClosed {
+                order,
+                state,
+                cost,
+                refunded,
+            } => {
                 if a.json {
                     let line = serde_json::json!({
                         "order": order, "state": state, "cost": cost.to_string(),
@@ -111,7 +129,9 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
                     });
                     eprintln!("{line}");
                 } else {
-                    eprintln!("cpushare: order {order} {state}; cost {cost} credits, {refunded} returned");
+                    eprintln!(
+                        "cpushare: order {order} {state}; cost {cost} credits, {refunded} returned"
+                    );
                 }
                 if state == "expired" && code == 0 {
                     eprintln!("cpushare: no seller matched within the wait; see `cpushare book` for prices, or raise --max-price");

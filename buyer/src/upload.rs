@@ -13,7 +13,8 @@ use std::path::Path;
 /// Content id and size of the file at `path`, hashed in a streaming pass.
 pub fn identify(path: &Path) -> anyhow::Result<(ContentId, u64)> {
     use sha2::Digest;
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
@@ -29,9 +30,18 @@ pub fn identify(path: &Path) -> anyhow::Result<(ContentId, u64)> {
 }
 
 /// Makes sure the broker holds `path` (content id `id`, `len` bytes).
-pub async fn ensure(client: &Client, path: &Path, id: ContentId, len: u64, quiet: bool) -> anyhow::Result<()> {
+pub async fn ensure(
+    client: &Client,
+    path: &Path,
+    id: ContentId,
+    len: u64,
+    quiet: bool,
+) -> anyhow::Result<()> {
     if len > MAX_IMAGE {
-        bail!("{} is {len} bytes; images may be at most {MAX_IMAGE}", path.display());
+        bail!(
+            "{} is {len} bytes; images may be at most {MAX_IMAGE}",
+            path.display()
+        );
     }
     let have = match client.call(&Request::UploadStatus { id, len }).await? {
         Response::UploadState { have } => have,
@@ -55,7 +65,15 @@ pub async fn ensure(client: &Client, path: &Path, id: ContentId, len: u64, quiet
     let mut file = std::fs::File::open(path)?;
     file.seek(SeekFrom::Start(have))?;
     let (mut send, mut recv) = client.open().await?;
-    frame::write(&mut send, &Request::Upload { id, len, offset: have }).await?;
+    frame::write(
+        &mut send,
+        &Request::Upload {
+            id,
+            len,
+            offset: have,
+        },
+    )
+    .await?;
     let mut buf = vec![0u8; CHUNK];
     let mut sent = have;
     while sent < len {
