@@ -3,4 +3,5 @@
 
 pub mod listing;
 pub mod run;
+pub mod share;
 pub mod upload;

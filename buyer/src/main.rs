@@ -61,6 +61,10 @@ enum Cmd {
         /// Seconds to wait for a seller before giving up.
         #[arg(long, default_value_t = 60)]
         wait: u32,
+        /// Times to place the work again when its seller vanishes
+        /// (a wasm job reruns from its inputs on another seller).
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
         /// Environment variable for the job, KEY=VALUE (repeatable).
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
@@ -169,6 +173,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             max_price,
             instances,
             wait,
+            retries,
             env,
             stdin,
             args,
@@ -200,6 +205,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
                     wait_secs: wait,
                     job: JobSpec { args, env, stdin },
                     json,
+                    retries,
                 },
             )
             .await?;

@@ -32,6 +32,8 @@ pub struct RunArgs<'a> {
     pub job: JobSpec,
     /// Print the cost line as JSON.
     pub json: bool,
+    /// Times to place work again whose seller vanished.
+    pub retries: u32,
 }
 
 /// Which sandbox an image needs, from its first bytes.
@@ -53,29 +55,100 @@ pub fn kind_of(path: &Path) -> anyhow::Result<SandboxKind> {
     )
 }
 
-/// Runs the job; returns the exit code for the process.
+/// How one placement of the order ended.
+struct Attempt {
+    /// Exit code for the process, from the leases' ends.
+    code: i32,
+    /// Leases whose seller vanished (their work must be placed again).
+    lost: u32,
+    /// Billed for this attempt.
+    cost: Micros,
+    /// Returned to the buyer in this attempt.
+    refunded: Micros,
+    /// Final state of the order (`filled`, `cancelled`, `expired`).
+    state: String,
+    /// Order id.
+    order: String,
+}
+
+/// Runs the job; returns the exit code for the process. Work whose seller
+/// vanishes is placed again, up to `retries` times.
 pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
     let kind = kind_of(a.image)?;
     let (id, len) = upload::identify(a.image)?;
     upload::ensure(client, a.image, id, len, a.json).await?;
     let t0 = Instant::now();
-    let req = BuyRequest {
-        kind,
-        image: id,
-        instances: a.instances,
-        cpus: a.cpus,
-        mem_mib: a.mem_mib,
-        minutes: a.minutes,
-        max_price: a.max_price,
-        job: a.job,
-        wait_secs: Some(a.wait_secs),
-        follow: true,
-    };
+    let mut first_output: Option<f64> = None;
+    let mut instances = a.instances;
+    let mut total_cost = Micros::ZERO;
+    let mut total_refunded = Micros::ZERO;
+    let mut tries = 0;
+    let mut orders = Vec::new();
+    loop {
+        let req = BuyRequest {
+            kind,
+            image: id,
+            instances,
+            cpus: a.cpus,
+            mem_mib: a.mem_mib,
+            minutes: a.minutes,
+            max_price: a.max_price,
+            job: a.job.clone(),
+            wait_secs: Some(a.wait_secs),
+            follow: true,
+        };
+        let at = attempt(client, req, t0, &mut first_output).await?;
+        total_cost = total_cost.checked_add(at.cost).unwrap_or(total_cost);
+        total_refunded = total_refunded
+            .checked_add(at.refunded)
+            .unwrap_or(total_refunded);
+        orders.push(at.order.clone());
+        let mut code = at.code;
+        if at.lost > 0 && tries < a.retries {
+            tries += 1;
+            instances = at.lost;
+            eprintln!(
+                "cpushare: {} lease(s) lost with their seller after {:.1} s; placing the work again (retry {tries} of {})",
+                at.lost,
+                t0.elapsed().as_secs_f64(),
+                a.retries
+            );
+            continue;
+        }
+        if at.state == "expired" && code == 0 {
+            eprintln!("cpushare: no seller matched within the wait; see `cpushare book` for prices, or raise --max-price");
+            code = 124;
+        }
+        if a.json {
+            let line = serde_json::json!({
+                "order": at.order, "orders": orders, "state": at.state,
+                "cost": total_cost.to_string(), "cost_micros": total_cost.0,
+                "refunded": total_refunded.to_string(), "exit_code": code,
+                "retries": tries, "first_output_secs": first_output,
+            });
+            eprintln!("{line}");
+        } else {
+            eprintln!(
+                "cpushare: order {} {}; cost {total_cost} credits, {total_refunded} returned",
+                at.order, at.state
+            );
+        }
+        return Ok(code);
+    }
+}
+
+/// Places the order once and follows it to its close.
+async fn attempt(
+    client: &Client,
+    req: BuyRequest,
+    t0: Instant,
+    first_output: &mut Option<f64>,
+) -> anyhow::Result<Attempt> {
     let (mut send, mut recv) = client.open().await?;
     frame::write(&mut send, &Request::Buy(req)).await?;
     send.finish()?;
     let mut code = 0;
-    let mut first_output: Option<f64> = None;
+    let mut lost = 0;
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     while let Some(msg) = frame::read::<Response, _>(&mut recv).await? {
@@ -110,6 +183,9 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
                     eprintln!("cpushare: lease {lease} {end}");
                 }
                 tracing::info!("lease {lease} ended ({end}), cost {cost}");
+                if end == LeaseEnd::SellerLost {
+                    lost += 1;
+                }
                 let c = end.exit_code();
                 if c != 0 || code == 0 {
                     code = c;
@@ -121,23 +197,14 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
                 cost,
                 refunded,
             } => {
-                if a.json {
-                    let line = serde_json::json!({
-                        "order": order, "state": state, "cost": cost.to_string(),
-                        "cost_micros": cost.0, "refunded": refunded.to_string(),
-                        "exit_code": code, "first_output_secs": first_output,
-                    });
-                    eprintln!("{line}");
-                } else {
-                    eprintln!(
-                        "cpushare: order {order} {state}; cost {cost} credits, {refunded} returned"
-                    );
-                }
-                if state == "expired" && code == 0 {
-                    eprintln!("cpushare: no seller matched within the wait; see `cpushare book` for prices, or raise --max-price");
-                    code = 124;
-                }
-                return Ok(code);
+                return Ok(Attempt {
+                    code,
+                    lost,
+                    cost,
+                    refunded,
+                    state,
+                    order,
+                });
             }
             other => tracing::debug!("ignored {other:?}"),
         }

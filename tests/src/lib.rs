@@ -53,7 +53,20 @@ pub fn wasm_modules() -> PathBuf {
     // test run; the lock is released when the process exits.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
     assert_eq!(rc, 0, "could not lock {}", lock.display());
-    if !out.join("hello.wasm").exists() {
+    let src = repo_root().join("guest-images/wasm");
+    let stale = std::fs::read_dir(&src)
+        .expect("guest-images/wasm")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "c"))
+        .any(|c| {
+            let wasm = out
+                .join(c.file_stem().expect("file name"))
+                .with_extension("wasm");
+            let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            modified(&wasm) < modified(&c)
+        });
+    if stale {
         let status = Command::new("bash")
             .arg(repo_root().join("guest-images/wasm/build.sh"))
             .arg(&out)

@@ -252,6 +252,8 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
             wasm.join("spin.wasm").to_str().unwrap(),
             "--minutes",
             "3",
+            "--retries",
+            "0",
         ])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -289,7 +291,12 @@ fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> std::proce
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            panic!("process did not finish within {t:?}");
+            let mut err = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                use std::io::Read;
+                let _ = s.read_to_string(&mut err);
+            }
+            panic!("process did not finish within {t:?}; its stderr:\n{err}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -343,4 +350,70 @@ fn cancelling_a_running_job_stops_it_and_bills_the_started_minute() {
     assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
     assert_eq!(cost_micros(&out), 1000);
     assert_eq!(broker.balance("user:b"), 1_000_000 - 1000);
+}
+
+#[test]
+fn work_whose_seller_vanishes_is_placed_again_on_another_seller() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let mut a = Seller::start(&broker, "seller-a", 1, "0.001");
+    let mut b = Seller::start(&broker, "seller-b", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let mut run = buyer
+        .cmd()
+        .args([
+            "--json",
+            "run",
+            wasm.join("busy.wasm").to_str().unwrap(),
+            "--",
+            "4",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let leases = buyer.json("leases");
+        if leases[0]["state"] == "running" {
+            break leases[0]["seller"].as_str().unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lease never started: {leases}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let killed_at = std::time::Instant::now();
+    match first.as_str() {
+        "seller-a" => a.proc.kill(),
+        _ => b.proc.kill(),
+    }
+    let rerun = loop {
+        let leases = buyer.json("leases");
+        if leases.as_array().unwrap().len() == 2 && leases[0]["state"] == "running" {
+            break leases[0]["seller"].as_str().unwrap().to_string();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "work never placed again: {leases}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "seller loss to job running again elsewhere: {:.1} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_ne!(rerun, first, "the work must move to the other seller");
+    let out = wait_with_timeout(&mut run, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("done"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("placing the work again"),
+        "{}",
+        stderr(&out)
+    );
+    // Each lease billed its started minute: the lost one and the rerun.
+    assert_eq!(cost_micros(&out), 2000);
+    assert_eq!(broker.balance("user:b"), 1_000_000 - 2000);
 }
