@@ -1,0 +1,346 @@
+//! I/O shell: drives a [`Node`] with a real UDP socket and TUN device.
+//!
+//! Three threads share the node behind a mutex, each holding it only while
+//! the pure core processes a batch: the TUN reader (drains up to [`udp::BATCH`]
+//! packets, seals them, one `sendmmsg`), the UDP reader (one `recvmmsg`,
+//! opens them, writes to the TUN) and the timer (handshakes, probes, status
+//! file). Sealing on one core while opening on the other is what lets two
+//! cores beat single-threaded userspace WireGuard.
+
+pub mod config;
+pub mod offload;
+pub mod tun;
+pub mod udp;
+
+use crate::node::{Node, Output, Outputs, TUN_HEADROOM};
+use config::Config;
+use std::io;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tun::{Tun, TunError};
+
+/// Errors starting or running the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The configuration was rejected by the core.
+    #[error("invalid vnet configuration: {0}")]
+    Config(#[from] crate::node::NodeError),
+    /// TUN creation failed.
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    /// Binding the UDP socket failed.
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        /// Address we tried.
+        addr: std::net::SocketAddr,
+        /// OS error.
+        source: io::Error,
+    },
+    /// A thread could not be spawned.
+    #[error("spawning thread: {0}")]
+    Spawn(io::Error),
+}
+
+struct Shared {
+    node: Mutex<Node>,
+    sock: UdpSocket,
+    tun: Tun,
+    stop: AtomicBool,
+    /// UDP GSO in use; cleared if the kernel refuses it once.
+    gso: AtomicBool,
+    /// TCP coalescing of TUN writes in use; cleared if the kernel refuses it once.
+    gro_writes: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Node> {
+        // A panic while holding the lock leaves a node that is still
+        // consistent per packet; keep serving rather than cascade.
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flush(&self, out: &mut Outputs) {
+        if out.is_empty() {
+            return;
+        }
+        let transmits: Vec<(std::net::SocketAddr, &[u8])> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Transmit { dst, bytes } => Some((*dst, bytes.as_slice())),
+                Output::Deliver { .. } => None,
+            })
+            .collect();
+        let gso = self.gso.load(Ordering::Relaxed);
+        if let Err(e) = udp::send_batch(&self.sock, &transmits, gso) {
+            if gso && e.raw_os_error() == Some(libc::EIO) {
+                self.gso.store(false, Ordering::Relaxed);
+                let _ = udp::send_batch(&self.sock, &transmits, false);
+            }
+        }
+        let delivers: Vec<&[u8]> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Deliver { ip_packet } => Some(ip_packet.as_slice()),
+                Output::Transmit { .. } => None,
+            })
+            .collect();
+        if self.tun.offload() && self.gro_writes.load(Ordering::Relaxed) {
+            let mut merged = Vec::new();
+            let mut i = 0;
+            while i < delivers.len() {
+                let n = offload::coalesce(&delivers[i..], &mut merged);
+                let refused = n > 1
+                    && self
+                        .tun
+                        .write_raw(&merged)
+                        .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL));
+                if refused {
+                    // This kernel does not take GSO writes: stop trying.
+                    self.gro_writes.store(false, Ordering::Relaxed);
+                    for p in &delivers[i..i + n] {
+                        let _ = self.tun.write(p);
+                    }
+                } else if n == 1 {
+                    let _ = self.tun.write_raw(&merged);
+                }
+                i += n.max(1);
+            }
+        } else {
+            for p in &delivers {
+                let _ = self.tun.write(p);
+            }
+        }
+        out.clear();
+    }
+
+    fn run_timers(&self, node: &mut Node, now: Instant, out: &mut Outputs) {
+        if node.poll_timeout().is_some_and(|t| t <= now) {
+            node.handle_timeout(now, out);
+        }
+    }
+}
+
+/// A running vnet node; stops its threads when dropped.
+pub struct Running {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The TUN interface name.
+    pub fn tun_name(&self) -> &str {
+        self.shared.tun.name()
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.shared.sock.local_addr()
+    }
+
+    /// Current status.
+    pub fn status(&self) -> crate::node::NodeStatus {
+        self.shared.lock().status(Instant::now())
+    }
+
+    /// Blocks until the threads end (they run until the process exits).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Builds the node from `cfg`, opens the TUN device and socket, and starts the threads.
+pub fn start(cfg: &Config) -> Result<Running, ShellError> {
+    let now = Instant::now();
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let node_cfg = cfg.node_config(unix);
+    let mtu = node_cfg.mtu;
+    let mut node = Node::new(node_cfg, now)?;
+    for p in &cfg.peers {
+        node.add_peer(p.clone(), now)?;
+    }
+    let tun = Tun::create(&cfg.tun, cfg.address, cfg.subnet.netmask(), mtu, cfg.gso)?;
+    let sock = UdpSocket::bind(cfg.listen).map_err(|source| ShellError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    set_buffers(&sock);
+    let gso = cfg.gso && udp::enable_gro(&sock);
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        sock,
+        tun,
+        stop: AtomicBool::new(false),
+        gso: AtomicBool::new(gso),
+        gro_writes: AtomicBool::new(true),
+    });
+    let mut threads = Vec::new();
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .map_err(ShellError::Spawn)
+    };
+    let s = shared.clone();
+    threads.push(spawn("vnet-tun", Box::new(move || tun_loop(&s, mtu)))?);
+    let s = shared.clone();
+    threads.push(spawn("vnet-udp", Box::new(move || udp_loop(&s)))?);
+    let s = shared.clone();
+    let status_file = cfg.status_file.clone();
+    threads.push(spawn(
+        "vnet-timer",
+        Box::new(move || timer_loop(&s, status_file)),
+    )?);
+    Ok(Running { shared, threads })
+}
+
+fn set_buffers(sock: &UdpSocket) {
+    let size: libc::c_int = 8 << 20;
+    for opt in [
+        libc::SO_RCVBUF,
+        libc::SO_SNDBUF,
+        libc::SO_RCVBUFFORCE,
+        libc::SO_SNDBUFFORCE,
+    ] {
+        // SAFETY: valid socket, pointer to a c_int of the advertised size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(sock),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+fn tun_loop(s: &Shared, mtu: usize) {
+    let mut out = Outputs::new();
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(udp::BATCH);
+    // Read a little more than the MTU so oversize packets are seen (and get ICMP).
+    let max = mtu + 256;
+    let mut big: Vec<u8> = Vec::with_capacity(offload::VNET_HDR_LEN + 65_536);
+    let mut scratch = Vec::with_capacity(2048);
+    while !s.stop.load(Ordering::Relaxed) {
+        match s.tun.wait_readable(200) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        while batch.len() < udp::BATCH {
+            if s.tun.offload() {
+                big.clear();
+                if s.tun
+                    .read_into(&mut big, offload::VNET_HDR_LEN + 65_536)
+                    .is_err()
+                {
+                    break;
+                }
+                let _ = offload::split(&big, &mut scratch, |p| {
+                    let mut buf = out.buffer();
+                    buf.resize(TUN_HEADROOM, 0);
+                    buf.extend_from_slice(p);
+                    batch.push(buf);
+                });
+                continue;
+            }
+            let mut buf = out.buffer();
+            buf.resize(TUN_HEADROOM, 0);
+            match s.tun.read_into(&mut buf, max) {
+                Ok(_) => batch.push(buf),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        {
+            let mut node = s.lock();
+            for buf in batch.drain(..) {
+                node.handle_tun_buffer(now, buf, &mut out);
+            }
+            s.run_timers(&mut node, now, &mut out);
+        }
+        s.flush(&mut out);
+    }
+}
+
+fn udp_loop(s: &Shared) {
+    let mut out = Outputs::new();
+    let mut rx = udp::RecvBatch::new();
+    let _ = s.sock.set_read_timeout(Some(Duration::from_millis(200)));
+    while !s.stop.load(Ordering::Relaxed) {
+        match rx.recv(&s.sock) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => {
+                // Unexpected socket error: do not spin.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut node = s.lock();
+            for (from, bytes) in rx.iter() {
+                node.handle_udp(now, from, bytes, &mut out);
+            }
+            s.run_timers(&mut node, now, &mut out);
+        }
+        s.flush(&mut out);
+    }
+}
+
+fn timer_loop(s: &Shared, status_file: Option<std::path::PathBuf>) {
+    let mut out = Outputs::new();
+    let mut next_status = Instant::now();
+    while !s.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let next = {
+            let mut node = s.lock();
+            s.run_timers(&mut node, now, &mut out);
+            if now >= next_status {
+                if let Some(path) = &status_file {
+                    if let Ok(json) = serde_json::to_vec_pretty(&node.status(now)) {
+                        let tmp = path.with_extension("tmp");
+                        if std::fs::write(&tmp, json).is_ok() {
+                            let _ = std::fs::rename(&tmp, path);
+                        }
+                    }
+                }
+                next_status = now + Duration::from_millis(250);
+            }
+            node.poll_timeout()
+        };
+        s.flush(&mut out);
+        let wake = next
+            .unwrap_or(now + Duration::from_millis(100))
+            .min(next_status);
+        std::thread::sleep(
+            wake.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(100)),
+        );
+    }
+}
