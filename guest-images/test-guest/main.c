@@ -1,0 +1,258 @@
+/*
+ * cpushare test guest, ring 3 part (IOPL 3: port I/O works from here).
+ *
+ * The kernel command line (from the PVH start_info, or from boot_params
+ * when booted by the Linux 64-bit protocol) is a list of commands run in
+ * order, then the guest powers off with status 0:
+ *   hello          print "hello from cpushare test guest"
+ *   spin N         N rounds of a xorshift loop; prints result and TSC cycles
+ *   blk            find virtio-blk (PCI 1af4:1042), read sectors 0..7 and
+ *                  print "blk: capacity=<sectors> fnv1a=<hex of 4096 bytes>"
+ *   smp N          wake the other N-1 vCPUs (INIT-SIPI-SIPI through the
+ *                  LAPIC), each runs spin work in ring 3 and checks in;
+ *                  prints "smp: N vCPUs up" (status 3 if some stay down)
+ *   initrd         print "initrd: size=<bytes> fnv1a=<hex>" of the initrd
+ *                  (PVH module 0, or boot_params ramdisk_image/size)
+ *   read           read one line from COM1 and print "input: <line>"
+ *   exit N         power off now with status N
+ *   fault          triple-fault (ring-3 #UD with no IDT)
+ * An empty command line means "hello".
+ *
+ * Power off: a 32-bit write of the status to I/O port 0xf4 (cpushare-vmm's
+ * debug-exit port; QEMU's isa-debug-exit at iobase 0xf4 exits with
+ * status*2+1). If that returns, the i8042 reset (0xfe to port 0x64).
+ */
+#include "spin.h"
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+#define COM1 0x3f8
+#define EXIT_PORT 0xf4
+
+static inline void outb(u16 p, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(p)); }
+static inline void outl(u16 p, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(p)); }
+static inline u8 inb(u16 p) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline u32 inl(u16 p) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(p)); return v; }
+static inline u64 rdtsc(void) { u32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return ((u64)hi << 32) | lo; }
+#define barrier() __asm__ volatile("" ::: "memory")
+
+static void putc_(char c) {
+	while (!(inb(COM1 + 5) & 0x20))
+		;
+	outb(COM1, (u8)c);
+}
+static void puts_(const char *s) { while (*s) { if (*s == '\n') putc_('\r'); putc_(*s++); } }
+static void putu(u64 v) {
+	char b[21]; int i = 20; b[i] = 0;
+	do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+	puts_(&b[i]);
+}
+static void puthex(u64 v, int digits) {
+	for (int i = digits - 1; i >= 0; i--) putc_("0123456789abcdef"[(v >> (i * 4)) & 0xf]);
+}
+
+static __attribute__((noreturn)) void power_off(u32 status) {
+	outl(EXIT_PORT, status);
+	outb(0x64, 0xfe);
+	for (;;) __asm__ volatile("ud2");
+}
+
+/* ---- PCI configuration mechanism #1 ---- */
+static u32 pci_read(u32 dev, u32 off) { outl(0xcf8, 0x80000000u | dev << 11 | (off & 0xfc)); return inl(0xcfc); }
+static void pci_write(u32 dev, u32 off, u32 v) { outl(0xcf8, 0x80000000u | dev << 11 | (off & 0xfc)); outl(0xcfc, v); }
+static u8 pci_read8(u32 dev, u32 off) { return (u8)(pci_read(dev, off) >> ((off & 3) * 8)); }
+
+static u64 bar_addr(u32 dev, u32 bar) {
+	u32 lo = pci_read(dev, 0x10 + bar * 4);
+	u64 a = lo & ~0xfu;
+	if ((lo & 0x6) == 0x4) a |= (u64)pci_read(dev, 0x14 + bar * 4) << 32;
+	return a;
+}
+
+/* ---- virtio 1.x over PCI (modern), polled, one request ---- */
+#define QSZ 8
+struct desc { u64 addr; u32 len; u16 flags, next; };
+struct avail { u16 flags, idx, ring[QSZ]; };
+struct used { u16 flags, idx; struct { u32 id, len; } ring[QSZ]; };
+static struct desc vq_desc[QSZ] __attribute__((aligned(16)));
+static struct avail vq_avail __attribute__((aligned(4)));
+static struct used vq_used __attribute__((aligned(4096)));
+static struct { u32 type, reserved; u64 sector; } req;
+static u8 data[4096] __attribute__((aligned(4096)));
+static volatile u8 req_status;
+
+#define R8(a) (*(volatile u8 *)(a))
+#define R16(a) (*(volatile u16 *)(a))
+#define R32(a) (*(volatile u32 *)(a))
+
+static int blk(void) {
+	u32 dev = 0;
+	for (dev = 0; dev < 32; dev++)
+		if (pci_read(dev, 0) == 0x10421af4u) break;
+	if (dev == 32) { puts_("blk: no virtio-blk device\n"); return 1; }
+	pci_write(dev, 0x04, pci_read(dev, 0x04) | 0x6); /* memory space + bus master */
+	u64 common = 0, notify = 0, devcfg = 0; u32 mult = 0;
+	for (u8 cap = pci_read8(dev, 0x34); cap; cap = pci_read8(dev, cap + 1)) {
+		if (pci_read8(dev, cap) != 0x09) continue; /* vendor-specific */
+		u8 type = pci_read8(dev, cap + 3);
+		u64 a = bar_addr(dev, pci_read8(dev, cap + 4)) + pci_read(dev, cap + 8);
+		if (type == 1) common = a;
+		else if (type == 2) { notify = a; mult = pci_read(dev, cap + 16); }
+		else if (type == 4) devcfg = a;
+	}
+	if (!common || !notify || !devcfg) { puts_("blk: missing virtio capability\n"); return 1; }
+	R8(common + 0x14) = 0;
+	R8(common + 0x14) = 1 | 2; /* ACKNOWLEDGE | DRIVER */
+	R32(common + 0x08) = 1; R32(common + 0x0c) = 1; /* VIRTIO_F_VERSION_1 (bit 32) */
+	R32(common + 0x08) = 0; R32(common + 0x0c) = 0;
+	R8(common + 0x14) = 1 | 2 | 8; /* FEATURES_OK */
+	if (!(R8(common + 0x14) & 8)) { puts_("blk: features refused\n"); return 1; }
+	R16(common + 0x16) = 0;
+	if (R16(common + 0x18) < QSZ) { puts_("blk: queue too small\n"); return 1; }
+	R16(common + 0x18) = QSZ;
+	R32(common + 0x20) = (u32)(u64)vq_desc; R32(common + 0x24) = 0;
+	R32(common + 0x28) = (u32)(u64)&vq_avail; R32(common + 0x2c) = 0;
+	R32(common + 0x30) = (u32)(u64)&vq_used; R32(common + 0x34) = 0;
+	u16 noff = R16(common + 0x1e);
+	R16(common + 0x1c) = 1;
+	R8(common + 0x14) = 1 | 2 | 8 | 4; /* DRIVER_OK */
+
+	req.type = 0; req.sector = 0; req_status = 0xff;
+	vq_desc[0] = (struct desc){ (u64)&req, 16, 1, 1 };
+	vq_desc[1] = (struct desc){ (u64)data, sizeof data, 1 | 2, 2 };
+	vq_desc[2] = (struct desc){ (u64)&req_status, 1, 2, 0 };
+	vq_avail.ring[0] = 0;
+	barrier();
+	vq_avail.idx = 1;
+	barrier();
+	R16(notify + (u64)noff * mult) = 0;
+	for (u64 n = 0; *(volatile u16 *)&vq_used.idx != 1; n++)
+		if (n > 100000000ul) { puts_("blk: no completion\n"); return 1; }
+	barrier();
+	if (req_status != 0) { puts_("blk: request failed\n"); return 1; }
+	u32 h = 2166136261u;
+	for (unsigned i = 0; i < sizeof data; i++) { h ^= data[i]; h *= 16777619u; }
+	u64 cap = R32(devcfg) | (u64)R32(devcfg + 4) << 32;
+	puts_("blk: capacity="); putu(cap); puts_(" fnv1a="); puthex(h, 8); puts_("\n");
+	return 0;
+}
+
+/* ---- application processors ---- */
+#define AP_TRAMP_ADDR 0x8000
+#define LAPIC_ICR_LO 0xfee00300ul
+#define LAPIC_ICR_HI 0xfee00310ul
+static volatile u32 aps_up;
+static volatile u64 ap_results[32];
+
+void ap_main(u64 id) {
+	u64 r = spin(1000000 + id);
+	if (id < 32) ap_results[id] = r;
+	__atomic_fetch_add(&aps_up, 1, __ATOMIC_SEQ_CST);
+	for (;;) __asm__ volatile("pause");
+}
+
+static void delay(u64 n) { for (volatile u64 i = 0; i < n; i++); }
+
+static int smp(u64 n) {
+	extern char ap_tramp_start[], ap_tramp_end[];
+	char *dst = (char *)AP_TRAMP_ADDR;
+	for (char *p = ap_tramp_start; p < ap_tramp_end; p++) *dst++ = *p;
+	/* All-excluding-self shorthand: INIT, then SIPI twice (MP spec B.4). */
+	R32(LAPIC_ICR_HI) = 0; R32(LAPIC_ICR_LO) = 0xc4500;
+	delay(10000);
+	for (int i = 0; i < 2; i++) {
+		R32(LAPIC_ICR_HI) = 0; R32(LAPIC_ICR_LO) = 0xc4600 | (AP_TRAMP_ADDR >> 12);
+		delay(10000);
+	}
+	for (u64 t = 0; aps_up < n - 1 && t < 2000000000ul; t++) __asm__ volatile("pause");
+	u64 up = aps_up + 1;
+	puts_("smp: "); putu(up); puts_(" vCPUs up\n");
+	return up == n ? 0 : 3;
+}
+
+static int read_line(void) {
+	char line[80]; unsigned n = 0;
+	for (u64 t = 0; t < 4000000000ul; t++) {
+		if (!(inb(COM1 + 5) & 1)) { __asm__ volatile("pause"); continue; }
+		char c = (char)inb(COM1);
+		if (c == '\n' || c == '\r') break;
+		if (n < sizeof line - 1) line[n++] = c;
+	}
+	line[n] = 0;
+	puts_("input: "); puts_(line); puts_("\n");
+	return n ? 0 : 5;
+}
+
+static const char *skip_ws(const char *s) { while (*s == ' ') s++; return s; }
+static int word_is(const char *s, const char *w) {
+	while (*w) if (*s++ != *w++) return 0;
+	return *s == ' ' || *s == 0;
+}
+static const char *parse_u64(const char *s, u64 *out) {
+	u64 v = 0; s = skip_ws(s);
+	while (*s >= '0' && *s <= '9') v = v * 10 + (u64)(*s++ - '0');
+	*out = v; return s;
+}
+static const char *next_word(const char *s) { while (*s && *s != ' ') s++; return s; }
+
+static u64 initrd_addr, initrd_size;
+
+static int initrd(void) {
+	if (!initrd_size) { puts_("initrd: none\n"); return 1; }
+	u32 h = 2166136261u;
+	for (u64 i = 0; i < initrd_size; i++) { h ^= ((volatile u8 *)initrd_addr)[i]; h *= 16777619u; }
+	puts_("initrd: size="); putu(initrd_size); puts_(" fnv1a="); puthex(h, 8); puts_("\n");
+	return 0;
+}
+
+void user_main(u64 start_info, u64 boot_params) {
+	const char *cmd = "";
+	/* hvm_start_info: magic at 0, cmdline_paddr at 24. boot_params:
+	 * "HdrS" at 0x202, cmd_line_ptr at 0x228. */
+	if (start_info && R32(start_info) == 0x336ec578u && *(u64 *)(start_info + 24))
+		cmd = (const char *)*(u64 *)(start_info + 24);
+	else if (boot_params && R32(boot_params + 0x202) == 0x53726448u && R32(boot_params + 0x228))
+		cmd = (const char *)(u64)R32(boot_params + 0x228);
+	/* Initrd: PVH nr_modules at 12, modlist_paddr at 16 (entry: paddr, size);
+	 * boot_params ramdisk_image at 0x218, ramdisk_size at 0x21c. */
+	if (start_info && R32(start_info) == 0x336ec578u && R32(start_info + 12)) {
+		u64 m = *(u64 *)(start_info + 16);
+		initrd_addr = *(u64 *)m; initrd_size = *(u64 *)(m + 8);
+	} else if (boot_params && R32(boot_params + 0x202) == 0x53726448u) {
+		initrd_addr = R32(boot_params + 0x218); initrd_size = R32(boot_params + 0x21c);
+	}
+	cmd = skip_ws(cmd);
+	if (!*cmd) cmd = "hello";
+	u32 status = 0;
+	while (*(cmd = skip_ws(cmd))) {
+		if (word_is(cmd, "hello")) {
+			puts_("hello from cpushare test guest\n");
+		} else if (word_is(cmd, "spin")) {
+			u64 n; cmd = parse_u64(next_word(cmd), &n);
+			u64 t0 = rdtsc(); u64 r = spin(n); u64 t1 = rdtsc();
+			puts_("spin: n="); putu(n); puts_(" result="); puthex(r, 16);
+			puts_(" cycles="); putu(t1 - t0); puts_("\n");
+			continue;
+		} else if (word_is(cmd, "read")) {
+			if (read_line()) status = 5;
+		} else if (word_is(cmd, "initrd")) {
+			if (initrd()) status = 4;
+		} else if (word_is(cmd, "blk")) {
+			if (blk()) status = 2;
+		} else if (word_is(cmd, "smp")) {
+			u64 n; cmd = parse_u64(next_word(cmd), &n);
+			if (n < 1 || n > 32 || smp(n)) status = 3;
+			continue;
+		} else if (word_is(cmd, "exit")) {
+			u64 n; parse_u64(next_word(cmd), &n);
+			power_off((u32)n);
+		} else if (word_is(cmd, "fault")) {
+			__asm__ volatile("ud2");
+		}
+		cmd = next_word(cmd);
+	}
+	power_off(status);
+}

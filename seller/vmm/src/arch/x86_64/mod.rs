@@ -1,0 +1,9 @@
+//! x86_64: memory layout, vCPU registers, CPUID, MSRs, boot protocols and
+//! the MP table.
+
+pub mod boot;
+pub mod cpuid;
+pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod regs;

@@ -1,0 +1,528 @@
+//! Bounded ISO9660 reader (ECMA-119) with Rock Ridge (`NM`) and Joliet names.
+//!
+//! Written here rather than taken from a crate: the ISO9660 crates on
+//! crates.io neither bound what a hostile image can make them read nor handle
+//! Rock Ridge continuation areas, and we only need lookup and whole-file reads.
+//! Every length read from the image is checked against [`Limits`].
+
+use std::io::{Read, Seek, SeekFrom};
+
+use super::IsoError;
+
+/// ISO9660 logical sector size; the only one real images use.
+pub const SECTOR_SIZE: u64 = 2048;
+/// The system area (16 sectors) precedes the volume descriptors.
+const FIRST_DESCRIPTOR_SECTOR: u64 = 16;
+/// Stop scanning volume descriptors after this many (ECMA-119 sets no limit).
+const MAX_DESCRIPTORS: u64 = 64;
+/// Directory record flag bit: the entry is a directory.
+const FLAG_DIRECTORY: u8 = 0x02;
+/// Directory record flag bit: the file continues in another record.
+const FLAG_MULTI_EXTENT: u8 = 0x80;
+/// Follow at most this many Rock Ridge `CE` continuation areas per record.
+const MAX_CONTINUATIONS: usize = 8;
+
+/// Bounds on what the reader will touch, so a hostile image cannot make us
+/// allocate or loop without end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest directory extent read, in bytes.
+    pub max_dir_bytes: u32,
+    /// Deepest path looked up, in components.
+    pub max_depth: usize,
+    /// Most entries accepted in one directory.
+    pub max_dir_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_dir_bytes: 4 << 20,
+            max_depth: 32,
+            max_dir_entries: 16_384,
+        }
+    }
+}
+
+/// Which directory tree names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameScheme {
+    /// Primary volume with Rock Ridge `NM` entries (POSIX names).
+    RockRidge,
+    /// Joliet supplementary volume (UCS-2 names).
+    Joliet,
+    /// Plain ISO9660 names (`NAME.EXT;1`), version suffix removed.
+    Iso9660,
+}
+
+/// One entry of a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The best name available (Rock Ridge, Joliet, or plain ISO9660).
+    pub name: String,
+    /// First logical block of the extent.
+    pub lba: u32,
+    /// Size of the extent in bytes.
+    pub size: u32,
+    /// Whether this entry is a directory.
+    pub is_dir: bool,
+}
+
+/// An opened ISO9660 image: the root directory it will use, and the source.
+pub struct IsoReader<R> {
+    src: R,
+    len: u64,
+    root: DirEntry,
+    scheme: NameScheme,
+    limits: Limits,
+}
+
+impl<R: Read + Seek> IsoReader<R> {
+    /// Opens an image with the default [`Limits`].
+    pub fn new(src: R) -> Result<Self, IsoError> {
+        Self::with_limits(src, Limits::default())
+    }
+
+    /// Opens an image: reads the volume descriptors and picks a name scheme
+    /// (Rock Ridge if the primary volume has it, else Joliet, else ISO9660).
+    pub fn with_limits(mut src: R, limits: Limits) -> Result<Self, IsoError> {
+        let len = src.seek(SeekFrom::End(0)).map_err(IsoError::Io)?;
+        let mut primary_root = None;
+        let mut joliet_root = None;
+        let mut sector = FIRST_DESCRIPTOR_SECTOR;
+        loop {
+            if sector >= FIRST_DESCRIPTOR_SECTOR + MAX_DESCRIPTORS {
+                return Err(IsoError::TooManyDescriptors {
+                    max: MAX_DESCRIPTORS,
+                });
+            }
+            let mut vd = [0u8; SECTOR_SIZE as usize];
+            read_exact_at(&mut src, len, sector * SECTOR_SIZE, &mut vd)?;
+            if &vd[1..6] != b"CD001" {
+                return Err(IsoError::NotIso9660 { sector });
+            }
+            match vd[0] {
+                1 if primary_root.is_none() => {
+                    check_block_size(&vd)?;
+                    primary_root = Some(parse_record(&vd[156..190])?.0);
+                }
+                2 if is_joliet(&vd) && joliet_root.is_none() => {
+                    check_block_size(&vd)?;
+                    joliet_root = Some(parse_record(&vd[156..190])?.0);
+                }
+                255 => break,
+                _ => {}
+            }
+            sector += 1;
+        }
+        let primary = primary_root.ok_or(IsoError::NoPrimaryVolume)?;
+        let mut reader = Self {
+            src,
+            len,
+            root: primary.to_entry(String::new(), NameScheme::Iso9660),
+            scheme: NameScheme::Iso9660,
+            limits,
+        };
+        if reader.root_has_rock_ridge(&primary)? {
+            reader.scheme = NameScheme::RockRidge;
+        } else if let Some(j) = joliet_root {
+            reader.root = j.to_entry(String::new(), NameScheme::Joliet);
+            reader.scheme = NameScheme::Joliet;
+        }
+        Ok(reader)
+    }
+
+    /// The name scheme in use.
+    pub fn scheme(&self) -> NameScheme {
+        self.scheme
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &DirEntry {
+        &self.root
+    }
+
+    /// Rock Ridge is in use when the root's `.` record carries the SUSP `SP`
+    /// indicator (SUSP 1.12 section 5.3) or an `RR`/`NM`/`PX` entry.
+    fn root_has_rock_ridge(&mut self, root: &RawRecord) -> Result<bool, IsoError> {
+        let size = root.size.min(SECTOR_SIZE as u32) as usize;
+        let mut buf = vec![0u8; size];
+        read_exact_at(
+            &mut self.src,
+            self.len,
+            u64::from(root.lba) * SECTOR_SIZE,
+            &mut buf,
+        )?;
+        let Ok((dot, _)) = parse_record(&buf) else {
+            return Ok(false);
+        };
+        Ok(dot
+            .system_use
+            .chunks_exact(2)
+            .next()
+            .is_some_and(|sig| sig == b"SP")
+            || susp_entries(&dot.system_use)
+                .any(|(sig, _)| sig == *b"RR" || sig == *b"NM" || sig == *b"PX"))
+    }
+
+    /// Lists a directory (without `.` and `..`).
+    pub fn read_dir(&mut self, dir: &DirEntry) -> Result<Vec<DirEntry>, IsoError> {
+        if !dir.is_dir {
+            return Err(IsoError::NotADirectory {
+                name: dir.name.clone(),
+            });
+        }
+        if dir.size > self.limits.max_dir_bytes {
+            return Err(IsoError::DirectoryTooLarge {
+                size: dir.size,
+                max: self.limits.max_dir_bytes,
+            });
+        }
+        let mut buf = vec![0u8; dir.size as usize];
+        read_exact_at(
+            &mut self.src,
+            self.len,
+            u64::from(dir.lba) * SECTOR_SIZE,
+            &mut buf,
+        )?;
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let rec_len = buf[pos] as usize;
+            if rec_len == 0 {
+                // Records never cross a sector; zero padding ends the sector.
+                pos = (pos / SECTOR_SIZE as usize + 1) * SECTOR_SIZE as usize;
+                continue;
+            }
+            let (raw, used) = parse_record(&buf[pos..])?;
+            pos += used;
+            if raw.name == [0] || raw.name == [1] {
+                continue;
+            }
+            if out.len() >= self.limits.max_dir_entries {
+                return Err(IsoError::TooManyEntries {
+                    max: self.limits.max_dir_entries,
+                });
+            }
+            if raw.flags & FLAG_MULTI_EXTENT != 0 {
+                return Err(IsoError::MultiExtentFile {
+                    name: String::from_utf8_lossy(&raw.name).into_owned(),
+                });
+            }
+            let name = match self.scheme {
+                NameScheme::RockRidge => self.rock_ridge_name(&raw)?,
+                NameScheme::Joliet => Some(joliet_name(&raw.name)),
+                NameScheme::Iso9660 => None,
+            }
+            .unwrap_or_else(|| iso_name(&raw.name));
+            out.push(raw.to_entry(name, self.scheme));
+        }
+        Ok(out)
+    }
+
+    /// The `NM` name of a record, following `CE` continuation areas.
+    fn rock_ridge_name(&mut self, raw: &RawRecord) -> Result<Option<String>, IsoError> {
+        let mut name = Vec::new();
+        let mut found = false;
+        let mut area = raw.system_use.clone();
+        for _ in 0..=MAX_CONTINUATIONS {
+            let mut next = None;
+            for (sig, data) in susp_entries(&area) {
+                match &sig {
+                    b"NM" if !data.is_empty() => {
+                        // data[0] is the flags byte: bit 1 = ".", bit 2 = "..".
+                        found = true;
+                        name.extend_from_slice(&data[1..]);
+                    }
+                    b"CE" if data.len() >= 24 => {
+                        let lba = le_u32(&data[0..4]);
+                        let off = le_u32(&data[8..12]);
+                        let ce_len = le_u32(&data[16..20]);
+                        next = Some((lba, off, ce_len));
+                    }
+                    b"ST" => break,
+                    _ => {}
+                }
+            }
+            let Some((lba, off, ce_len)) = next else {
+                break;
+            };
+            if ce_len > SECTOR_SIZE as u32 || off >= SECTOR_SIZE as u32 {
+                return Err(IsoError::BadContinuation { lba, len: ce_len });
+            }
+            let mut buf = vec![0u8; ce_len as usize];
+            read_exact_at(
+                &mut self.src,
+                self.len,
+                u64::from(lba) * SECTOR_SIZE + u64::from(off),
+                &mut buf,
+            )?;
+            area = buf;
+        }
+        if !found || name.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&name).into_owned()))
+    }
+
+    /// Finds a path (`/a/b/c`, leading slash optional). An exact name match
+    /// wins; otherwise names are compared ignoring ASCII case, as FAT-minded
+    /// boot loaders (isolinux, GRUB on plain ISO9660) do.
+    pub fn lookup(&mut self, path: &str) -> Result<DirEntry, IsoError> {
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if parts.len() > self.limits.max_depth {
+            return Err(IsoError::PathTooDeep {
+                path: path.to_owned(),
+                max: self.limits.max_depth,
+            });
+        }
+        let mut cur = self.root.clone();
+        for part in parts {
+            if part == ".." {
+                return Err(IsoError::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+            let entries = self.read_dir(&cur)?;
+            let exact = entries.iter().position(|e| e.name == part);
+            let idx = exact.or_else(|| {
+                entries
+                    .iter()
+                    .position(|e| e.name.eq_ignore_ascii_case(part))
+            });
+            cur = match idx {
+                Some(i) => entries[i].clone(),
+                None => {
+                    return Err(IsoError::NotFound {
+                        path: path.to_owned(),
+                    })
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Reads a whole file, refusing files larger than `max` bytes.
+    pub fn read_file(&mut self, entry: &DirEntry, max: u64) -> Result<Vec<u8>, IsoError> {
+        if entry.is_dir {
+            return Err(IsoError::IsADirectory {
+                name: entry.name.clone(),
+            });
+        }
+        if u64::from(entry.size) > max {
+            return Err(IsoError::FileTooLarge {
+                name: entry.name.clone(),
+                size: u64::from(entry.size),
+                max,
+            });
+        }
+        let mut buf = vec![0u8; entry.size as usize];
+        read_exact_at(
+            &mut self.src,
+            self.len,
+            u64::from(entry.lba) * SECTOR_SIZE,
+            &mut buf,
+        )?;
+        Ok(buf)
+    }
+
+    /// Looks up and reads a file in one step.
+    pub fn read_path(&mut self, path: &str, max: u64) -> Result<Vec<u8>, IsoError> {
+        let e = self.lookup(path)?;
+        self.read_file(&e, max)
+    }
+}
+
+/// A directory record as stored, before choosing its name.
+struct RawRecord {
+    lba: u32,
+    size: u32,
+    flags: u8,
+    name: Vec<u8>,
+    system_use: Vec<u8>,
+}
+
+impl RawRecord {
+    fn to_entry(&self, name: String, _scheme: NameScheme) -> DirEntry {
+        DirEntry {
+            name,
+            lba: self.lba,
+            size: self.size,
+            is_dir: self.flags & FLAG_DIRECTORY != 0,
+        }
+    }
+}
+
+/// Parses one directory record (ECMA-119 9.1) at the start of `buf`,
+/// returning it and its length.
+fn parse_record(buf: &[u8]) -> Result<(RawRecord, usize), IsoError> {
+    let len = *buf.first().ok_or(IsoError::BadDirRecord { len: 0 })? as usize;
+    if len < 34 || len > buf.len() {
+        return Err(IsoError::BadDirRecord { len });
+    }
+    let rec = &buf[..len];
+    let name_len = rec[32] as usize;
+    if 33 + name_len > len {
+        return Err(IsoError::BadDirRecord { len });
+    }
+    // The name is padded to an even offset; system use follows.
+    let su_start = 33 + name_len + usize::from(name_len % 2 == 0);
+    let system_use = rec.get(su_start..).unwrap_or(&[]).to_vec();
+    Ok((
+        RawRecord {
+            lba: le_u32(&rec[2..6]),
+            size: le_u32(&rec[10..14]),
+            flags: rec[25],
+            name: rec[33..33 + name_len].to_vec(),
+            system_use,
+        },
+        len,
+    ))
+}
+
+/// Iterates SUSP entries (signature, data after the 4-byte header).
+fn susp_entries(area: &[u8]) -> impl Iterator<Item = ([u8; 2], &[u8])> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let hdr = area.get(pos..pos + 4)?;
+        let len = hdr[2] as usize;
+        if len < 4 {
+            return None;
+        }
+        let data = area.get(pos + 4..pos + len)?;
+        let sig = [hdr[0], hdr[1]];
+        pos += len;
+        Some((sig, data))
+    })
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn check_block_size(vd: &[u8]) -> Result<(), IsoError> {
+    let bs = u16::from_le_bytes([vd[128], vd[129]]);
+    if u64::from(bs) != SECTOR_SIZE {
+        return Err(IsoError::UnsupportedBlockSize { size: bs });
+    }
+    Ok(())
+}
+
+/// Joliet volumes are supplementary descriptors whose escape sequences name
+/// UCS-2 level 1, 2 or 3 (`%/@`, `%/C`, `%/E`).
+fn is_joliet(vd: &[u8]) -> bool {
+    let esc = &vd[88..91];
+    esc == b"%/@" || esc == b"%/C" || esc == b"%/E"
+}
+
+fn joliet_name(raw: &[u8]) -> String {
+    let units: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    strip_version(&String::from_utf16_lossy(&units)).to_owned()
+}
+
+fn iso_name(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let s = strip_version(&s);
+    s.strip_suffix('.').unwrap_or(s).to_owned()
+}
+
+fn strip_version(s: &str) -> &str {
+    match s.rfind(';') {
+        Some(i) => &s[..i],
+        None => s,
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, or reports the image as
+/// truncated when that range lies past its end.
+fn read_exact_at<R: Read + Seek>(
+    src: &mut R,
+    len: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), IsoError> {
+    let end = offset
+        .checked_add(buf.len() as u64)
+        .ok_or(IsoError::Truncated { offset, len })?;
+    if end > len {
+        return Err(IsoError::Truncated { offset, len });
+    }
+    src.seek(SeekFrom::Start(offset)).map_err(IsoError::Io)?;
+    src.read_exact(buf).map_err(IsoError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn empty_input_is_truncated() {
+        let e = IsoReader::new(Cursor::new(Vec::new())).err();
+        assert!(matches!(e, Some(IsoError::Truncated { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn wrong_magic_is_not_iso() {
+        let img = vec![0u8; 20 * SECTOR_SIZE as usize];
+        let e = IsoReader::new(Cursor::new(img)).err();
+        assert!(
+            matches!(e, Some(IsoError::NotIso9660 { sector: 16 })),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn susp_entries_stop_on_short_length() {
+        let area = [b'N', b'M', 6, 1, 0, b'a', b'X', b'Y', 2, 1];
+        let v: Vec<_> = susp_entries(&area).collect();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0, *b"NM");
+        assert_eq!(v[0].1, &[0, b'a']);
+    }
+
+    #[test]
+    fn iso_names_lose_version_and_trailing_dot() {
+        assert_eq!(iso_name(b"VMLINUZ.;1"), "VMLINUZ");
+        assert_eq!(iso_name(b"A.CFG;1"), "A.CFG");
+        assert_eq!(joliet_name(&[0, b'a', 0, b';', 0, b'1']), "a");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..80_000)) {
+            if let Ok(mut r) = IsoReader::new(Cursor::new(data)) {
+                let root = r.root().clone();
+                let _ = r.read_dir(&root);
+                let _ = r.lookup("/isolinux/isolinux.cfg");
+            }
+        }
+
+        #[test]
+        fn random_descriptor_area_never_panics(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..8192)) {
+            // A valid-looking header so parsing goes past the magic check.
+            let mut img = vec![0u8; 16 * SECTOR_SIZE as usize];
+            let mut pvd = vec![0u8; SECTOR_SIZE as usize];
+            pvd[0] = 1;
+            pvd[1..6].copy_from_slice(b"CD001");
+            pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+            let n = tail.len().min(SECTOR_SIZE as usize - 156);
+            pvd[156..156 + n].copy_from_slice(&tail[..n]);
+            img.extend_from_slice(&pvd);
+            let mut term = vec![0u8; SECTOR_SIZE as usize];
+            term[0] = 255;
+            term[1..6].copy_from_slice(b"CD001");
+            img.extend_from_slice(&term);
+            img.extend_from_slice(&tail);
+            if let Ok(mut r) = IsoReader::new(Cursor::new(img)) {
+                let _ = r.lookup("/a/b");
+            }
+        }
+    }
+}
