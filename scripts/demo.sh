@@ -20,6 +20,10 @@ cleanup() {
 }
 trap cleanup EXIT
 bash guest-images/wasm/build.sh "$work/wasm" >/dev/null
+# A live ISO for the VM lease: the freestanding test guest (its work runs in
+# ring 3, so it also runs fast where /dev/kvm is a software hypervisor).
+bash guest-images/test-guest/build.sh "$work/guest" >/dev/null
+bash guest-images/test-guest/mkiso.sh "$work/guest/guest.elf" "$work/guest.iso" "hello blk smp 2 exit 0" >/dev/null 2>&1
 
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 broker() { "$bin/cpushare-broker" --data "$work/broker" "$@"; }
@@ -37,9 +41,12 @@ for s in seller-a:0.002 seller-b:0.001; do
     say "cpushare-broker account add $name --role seller"
     token=$(broker account add "$name" --role seller 2>/dev/null | tail -n 1)
     echo "$token"
-    say "cpushare-seller enroll TOKEN && cpushare-seller run --cpus 2 --mem 1G --price $price &"
+    say "cpushare-seller enroll TOKEN && cpushare-seller run --cpus 2 --mem 1G --price $price --kinds wasm,vm &"
     seller "$name" enroll "$token"
-    RUST_LOG=warn "$bin/cpushare-seller" --home "$work/$name" run --cpus 2 --mem 1G --price "$price" >"$work/$name.log" 2>&1 &
+    # Both offer wasm and vm leases; --allow-software-kvm lets a host whose
+    # /dev/kvm is a software hypervisor offer VMs too (for this demo's guest).
+    RUST_LOG=warn "$bin/cpushare-seller" --home "$work/$name" run --cpus 2 --mem 1G --price "$price" \
+        --kinds wasm,vm --allow-software-kvm >"$work/$name.log" 2>&1 &
     pids+=($!)
 done
 for name in seller-a seller-b; do
@@ -58,6 +65,10 @@ say "cpushare run hello.wasm --env GREETING=hi -- from the demo"
 buyer run "$work/wasm/hello.wasm" --env GREETING=hi -- from the demo
 say "cpushare run primes.wasm --cpus 1 --minutes 1 --max-price 0.005 -- 2000000"
 buyer run "$work/wasm/primes.wasm" --cpus 1 --minutes 1 --max-price 0.005 -- 2000000
+say "cpushare image inspect guest.iso   (what a seller would boot)"
+buyer image inspect "$work/guest.iso"
+say "cpushare run guest.iso --cpus 2 --mem 64M   (a VM lease: the guest's console is our stdout)"
+buyer run "$work/guest.iso" --cpus 2 --mem 64M
 say "cpushare run exitcode.wasm -- 3   (the job's exit code becomes ours)"
 set +e
 buyer run "$work/wasm/exitcode.wasm" -- 3

@@ -39,6 +39,18 @@ cargo test --workspace --no-fail-fast -- --test-threads=4 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 
+echo "== the minimal live ISO boots under QEMU TCG (independently of our VMM)"
+live=$(mktemp -d)
+if bash guest-images/live/build.sh "$live" >"$live/build.log" 2>&1 &&
+    bash guest-images/live/check.sh "$live/cpushare-live.iso"; then
+    echo "test live_iso_boots_under_qemu_tcg ... ok"
+else
+    echo "test live_iso_boots_under_qemu_tcg ... FAILED"
+    tail -20 "$live/build.log" >&2
+    status=1
+fi
+rm -rf "$live"
+
 # Tests that could not run here print a line starting `SKIPPED` with the
 # reason; only stock-Linux boots may do that. Anything else skipping (KVM
 # test guests, network namespaces, PostgreSQL) is a failure.

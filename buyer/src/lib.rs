@@ -1,6 +1,7 @@
 //! The buyer's side of cpushare: uploading images, placing orders and
 //! following jobs. The `cpushare` binary is a thin CLI over this.
 
+pub mod image;
 pub mod listing;
 pub mod run;
 pub mod share;

@@ -88,6 +88,19 @@ enum Cmd {
         /// Order id.
         id: String,
     },
+    /// Look at images before running them.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Show what a seller would boot from a live ISO: kernel, initrd,
+    /// command line, sizes, content id, or why it cannot boot.
+    Inspect {
+        /// The ISO file.
+        file: PathBuf,
+    },
 }
 
 fn default_home() -> PathBuf {
@@ -149,10 +162,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         );
         return Ok(0);
     }
+    if let Cmd::Image(ImageCmd::Inspect { file }) = &cli.cmd {
+        let i = cpushare_buyer::image::inspect_iso(file)?;
+        if cli.json {
+            listing::json(&i)?;
+        } else {
+            cpushare_buyer::image::print(&i);
+        }
+        return Ok(if i.bootable { 0 } else { 1 });
+    }
     let client = home.connect().await?;
     let json = cli.json;
     match cli.cmd {
-        Cmd::Login { .. } => unreachable!("handled above"),
+        Cmd::Login { .. } | Cmd::Image(_) => unreachable!("handled above"),
         Cmd::Whoami => match client.call(&Request::Whoami).await? {
             Response::Whoami { name, role, key_id } => {
                 if json {

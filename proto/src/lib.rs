@@ -10,6 +10,7 @@ pub mod id;
 pub mod identity;
 pub mod money;
 pub mod msg;
+pub mod sandbox;
 pub mod token;
 
 /// Milliseconds since the Unix epoch, the time unit of every core.

@@ -25,6 +25,7 @@ pub const MAX_WASM: u64 = 64 << 20;
 
 /// What a party is allowed to do; written into its certificate by the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Places buy orders and runs jobs.
     Buyer,
@@ -59,6 +60,7 @@ impl fmt::Display for Role {
 
 /// The kind of sandbox a lease runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SandboxKind {
     /// A WebAssembly (WASI preview 1) module in wasmtime.
     Wasm,
@@ -146,6 +148,7 @@ pub struct SellOffer {
 
 /// Which output stream bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StdStream {
     /// Standard output (or a VM's serial console).
     Stdout,

@@ -6,6 +6,7 @@ use cpushare_proto::client::Home;
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{Role, SandboxKind, SellOffer};
 use cpushare_seller::daemon::{self, SellerConfig};
+use cpushare_seller::jail;
 use std::path::PathBuf;
 
 /// Rent out this machine's idle CPUs on a cpushare market.
@@ -51,6 +52,39 @@ enum Cmd {
         /// Longest lease accepted, minutes.
         #[arg(long, default_value_t = 1440)]
         max_minutes: u32,
+        /// Offer `vm` leases even where /dev/kvm is a software hypervisor
+        /// (PVM), on which guest kernels run thousands of times slower;
+        /// useful only for ring-3 test guests.
+        #[arg(long)]
+        allow_software_kvm: bool,
+    },
+    /// Check what confinement and VM leases need from this host.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: one lease's sandbox, started by the daemon.
+    #[command(hide = true)]
+    Sandbox {
+        /// Unprivileged uid (and gid) to run as.
+        #[arg(long)]
+        uid: u32,
+        /// Empty directory to mount the jail root on.
+        #[arg(long)]
+        root: PathBuf,
+        /// The lease's scratch directory.
+        #[arg(long)]
+        scratch: PathBuf,
+        /// Largest guest memory, bytes.
+        #[arg(long)]
+        max_memory: u64,
+        /// Measurement only: no namespaces, root, uid or rlimits.
+        #[arg(long)]
+        no_jail: bool,
+        /// Measurement only: no seccomp filters.
+        #[arg(long)]
+        no_seccomp: bool,
     },
 }
 
@@ -80,8 +114,49 @@ fn parse_kind(s: &str) -> Result<SandboxKind, String> {
     SandboxKind::parse(s).ok_or_else(|| format!("`{s}` is not a sandbox kind (wasm, vm)"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The sandbox and the doctor must stay single-threaded (unshare and
+    // fork need it), so they run before any async runtime exists.
+    match cli.cmd {
+        Cmd::Sandbox {
+            uid,
+            root,
+            scratch,
+            max_memory,
+            no_jail,
+            no_seccomp,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            std::process::exit(jail::child::main(jail::child::ChildArgs {
+                uid,
+                root,
+                scratch,
+                max_memory_bytes: max_memory,
+                jail: !no_jail,
+                seccomp: !no_seccomp,
+            }))
+        }
+        Cmd::Doctor { json } => {
+            let checks = jail::doctor::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", jail::doctor::human(&checks));
+            }
+            Ok(())
+        }
+        cmd => tokio::runtime::Runtime::new()
+            .context("while starting the async runtime")?
+            .block_on(serve(cli.home, cmd)),
+    }
+}
+
+async fn serve(home_dir: PathBuf, cmd: Cmd) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -89,16 +164,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let home = Home::new(&cli.home);
-    match cli.cmd {
+    let home = Home::new(&home_dir);
+    match cmd {
         Cmd::Enroll { token } => {
             let info = home.enroll(&token, Role::Seller).await?;
             println!(
                 "enrolled as seller {} at {}; identity in {}",
                 info.name,
                 info.broker,
-                cli.home.display()
+                home_dir.display()
             );
             println!("next: cpushare-seller run --cpus 1 --mem 1G --price 0.001");
             Ok(())
@@ -110,8 +184,23 @@ async fn main() -> anyhow::Result<()> {
             kinds,
             min_minutes,
             max_minutes,
+            allow_software_kvm,
         } => {
             home.info().context("cannot run before enrolling")?;
+            if kinds.contains(&SandboxKind::Vm) {
+                match cpushare_vmm::kvm_kind() {
+                    cpushare_vmm::KvmKind::Hardware(_) => {}
+                    cpushare_vmm::KvmKind::Software(why) if allow_software_kvm => {
+                        tracing::warn!("offering vm leases on software KVM ({why}): guest kernels will be very slow");
+                    }
+                    cpushare_vmm::KvmKind::Software(why) => anyhow::bail!(
+                        "this host's KVM is a software hypervisor ({why}): buyers' guest kernels would run thousands of times slower. Offer only wasm (--kinds wasm), or pass --allow-software-kvm to offer vm leases anyway"
+                    ),
+                    cpushare_vmm::KvmKind::Absent(why) => anyhow::bail!(
+                        "cannot offer vm leases: {why}. Load the kvm module and check /dev/kvm, or offer only wasm (--kinds wasm); `cpushare-seller doctor` says more"
+                    ),
+                }
+            }
             daemon::run(SellerConfig {
                 home,
                 offer: SellOffer {
@@ -125,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Cmd::Doctor { .. } | Cmd::Sandbox { .. } => unreachable!("handled before the runtime"),
     }
 }
 

@@ -80,6 +80,49 @@ pub fn wasm_modules() -> PathBuf {
     out
 }
 
+/// Builds the freestanding test guest once and packs it into an ISO whose
+/// `cpushare.toml` boots it with `cmdline`; returns the ISO's path.
+pub fn test_guest_iso(name: &str, cmdline: &str) -> PathBuf {
+    let out = bin_dir().join("test-guest");
+    let lock = bin_dir().join("test-guest.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .expect("lock file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` keeps open until this returns.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "could not lock {}", lock.display());
+    let dir = repo_root().join("guest-images/test-guest");
+    if !out.join("guest.elf").exists() {
+        let status = Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .arg(&out)
+            .status()
+            .expect("run guest-images/test-guest/build.sh");
+        assert!(
+            status.success(),
+            "building the test guest failed; install gcc and binutils"
+        );
+    }
+    let iso = out.join(format!("{name}.iso"));
+    let status = Command::new("bash")
+        .arg(dir.join("mkiso.sh"))
+        .arg(out.join("guest.elf"))
+        .arg(&iso)
+        .arg(cmdline)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run guest-images/test-guest/mkiso.sh");
+    assert!(
+        status.success(),
+        "packing the test guest ISO failed; install xorriso"
+    );
+    iso
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     child: Child,
@@ -243,6 +286,17 @@ pub struct Seller {
 impl Seller {
     /// Creates the account, enrolls and runs a seller offering `cpus` at `price`.
     pub fn start(broker: &Broker, name: &str, cpus: u32, price: &str) -> Seller {
+        Seller::start_with(broker, name, cpus, price, &[])
+    }
+
+    /// Like [`Seller::start`], with extra `cpushare-seller run` arguments.
+    pub fn start_with(
+        broker: &Broker,
+        name: &str,
+        cpus: u32,
+        price: &str,
+        extra: &[&str],
+    ) -> Seller {
         let token = broker.account(name, "seller");
         let home = tempfile::tempdir().expect("tempdir");
         run_ok(
@@ -261,6 +315,7 @@ impl Seller {
             "--price",
             price,
         ]);
+        cmd.args(extra);
         let proc = Proc::spawn(&format!("seller {name}"), cmd);
         proc.wait_for("offering", Duration::from_secs(60));
         Seller { proc, home }

@@ -149,9 +149,12 @@ pub async fn read_record<R: AsyncRead + Unpin>(
         if total > max {
             return Err(RecordError::TooLarge { len: total, max });
         }
-        let start = buf.len();
-        buf.resize(total, 0);
-        r.read_exact(&mut buf[start..]).await?;
+        // Read into spare capacity: no zero-filling of up to 1 MiB per
+        // record, and the caller's buffer is reused between records.
+        let got = (&mut *r).take(len as u64).read_to_end(buf).await?;
+        if got != len {
+            return Err(RecordError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         if last {
             return Ok(());
         }

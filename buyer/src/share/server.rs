@@ -5,21 +5,20 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rand::RngCore;
 use thiserror::Error;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::allow::AllowList;
-use super::fs::{Export, ExportError};
-use super::handle::HandleKey;
-use super::rpc::{finish_record, read_record, MAX_RECORD};
-use super::service::ShareService;
+use super::fs::ExportError;
+use super::rpc::{self, finish_record, read_record, MAX_RECORD};
+use super::service::{ShareService, NFS_PROGRAM};
 use super::spec::Share;
-use super::xdr::XdrWriter;
+use super::xdr::{XdrReader, XdrWriter};
 
 /// Most client connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -39,6 +38,9 @@ pub enum ShareError {
     /// No shares were given.
     #[error("no shares to serve")]
     NoShares,
+    /// More shares than export ids.
+    #[error("{0} shares is more than the server can export")]
+    TooManyShares(usize),
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -65,18 +67,6 @@ impl ShareServer {
         shares: Vec<Share>,
         allowed_clients: AllowList,
     ) -> Result<Self, ShareError> {
-        if shares.is_empty() {
-            return Err(ShareError::NoShares);
-        }
-        let mut exports = Vec::with_capacity(shares.len());
-        for (i, share) in shares.iter().enumerate() {
-            if shares[..i].iter().any(|s| s.guest_path == share.guest_path) {
-                return Err(ShareError::DuplicateGuestPath(share.guest_path.clone()));
-            }
-            let id = u32::try_from(i)
-                .map_err(|_| ShareError::DuplicateGuestPath(share.guest_path.clone()))?;
-            exports.push(Export::open(id, share)?);
-        }
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ShareError::Bind {
@@ -87,14 +77,7 @@ impl ShareServer {
             addr: listen,
             source,
         })?;
-        let mut write_verf = [0u8; 8];
-        rand::rngs::OsRng.fill_bytes(&mut write_verf);
-        let service = Arc::new(ShareService {
-            exports,
-            key: HandleKey::random(),
-            write_verf,
-            port: local_addr.port(),
-        });
+        let service = Arc::new(ShareService::new(&shares, local_addr.port())?);
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, service, allowed_clients, rx));
         Ok(Self {
@@ -112,9 +95,16 @@ impl ShareServer {
 
     /// Stops accepting, closes every connection and waits for the server
     /// task to end. Handles issued by this server become invalid.
-    pub async fn stop(self) {
+    /// (Dropping the server also stops it, without waiting.)
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ShareServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
     }
 }
 
@@ -154,36 +144,120 @@ async fn accept_loop(
     conns.shutdown().await;
 }
 
+/// Buffers of up to [`MAX_RECORD`] bytes reused across the requests and
+/// replies of one connection, so steady traffic allocates nothing.
+#[derive(Clone, Default)]
+struct BufPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufPool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 2 * MAX_IN_FLIGHT + 2 {
+            pool.push(buf);
+        }
+    }
+}
+
+/// Whether a request should leave the connection's task: COMMIT and
+/// stable WRITEs wait on the disk and must not hold up the requests
+/// behind them. Everything else runs inline: measured against running
+/// large READs and WRITEs on the blocking pool in parallel, inline was
+/// as fast for READ and about 1.5x faster for sequential WRITE (parallel
+/// writers to one file contend on its inode lock and cost thread wake-ups).
+fn offload(record: &[u8]) -> bool {
+    let mut r = XdrReader::new(record);
+    let Ok(call) = rpc::parse_call(&mut r) else {
+        return false;
+    };
+    if call.prog != NFS_PROGRAM || call.vers != 3 {
+        return false;
+    }
+    match call.proc_ {
+        21 => true,
+        7 => (|| {
+            Some((
+                r.opaque(64).ok()?,
+                r.u64().ok()?,
+                r.u32().ok()?,
+                r.u32().ok()?,
+            ))
+        })()
+        .is_some_and(|(_, _, _, stable)| stable != 0),
+        _ => false,
+    }
+}
+
+fn process(service: &ShareService, record: &[u8], pool: &BufPool) -> Option<Vec<u8>> {
+    let mut w = XdrWriter { buf: pool.take() };
+    w.u32(0); // record mark, patched below
+    if service.dispatch(record, &mut w) {
+        finish_record(&mut w.buf);
+        Some(w.buf)
+    } else {
+        pool.give(w.buf);
+        None
+    }
+}
+
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Arc<ShareService>) {
     let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let pool = BufPool::default();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let writer_pool = pool.clone();
     let writer = tokio::spawn(async move {
         while let Some(buf) = rx.recv().await {
-            if wr.write_all(&buf).await.is_err() {
+            let res = wr.write_all(&buf).await;
+            writer_pool.give(buf);
+            if res.is_err() {
                 break;
             }
         }
     });
+    // Most requests are short: run them right here (block_in_place keeps
+    // the runtime's other tasks moving) and skip two thread hand-offs per
+    // call. A current-thread runtime cannot do that, so there everything
+    // goes to the blocking pool.
+    let multi_thread =
+        tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread;
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let mut record = Vec::new();
+        let mut record = pool.take();
         if let Err(e) = read_record(&mut rd, &mut record, MAX_RECORD).await {
             debug!(%peer, "closing NFS connection: {e}");
             break;
         }
+        if multi_thread && !offload(&record) {
+            let reply = tokio::task::block_in_place(|| process(&service, &record, &pool));
+            pool.give(record);
+            drop(permit);
+            if let Some(reply) = reply {
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
         let service = service.clone();
         let tx = tx.clone();
+        let pool = pool.clone();
         tokio::task::spawn_blocking(move || {
-            let mut w = XdrWriter::with_capacity(512);
-            w.u32(0); // record mark, patched below
-            if service.dispatch(&record, &mut w) {
-                finish_record(&mut w.buf);
-                let _ = tx.blocking_send(w.buf);
+            if let Some(reply) = process(&service, &record, &pool) {
+                let _ = tx.blocking_send(reply);
             }
+            pool.give(record);
             drop(permit);
         });
     }

@@ -1,9 +1,13 @@
 //! The exports of one server and the dispatch of an RPC record to the
 //! program it is for (NFSv3, MOUNT v3, or the port mapper's GETPORT).
 
+use rand::RngCore;
+
 use super::fs::Export;
 use super::handle::{Handle, HandleKey};
 use super::rpc::{self, AcceptStat};
+use super::server::ShareError;
+use super::spec::Share;
 use super::status::NfsStat;
 use super::xdr::{XdrError, XdrReader, XdrWriter};
 use super::{mount, nfs3};
@@ -51,6 +55,30 @@ pub struct ShareService {
 }
 
 impl ShareService {
+    /// Opens every share as an export (ids in order) with a fresh random
+    /// handle key and write verifier. `port` is what GETPORT answers.
+    pub fn new(shares: &[Share], port: u16) -> Result<Self, ShareError> {
+        if shares.is_empty() {
+            return Err(ShareError::NoShares);
+        }
+        let mut exports = Vec::with_capacity(shares.len());
+        for (i, share) in shares.iter().enumerate() {
+            if shares[..i].iter().any(|s| s.guest_path == share.guest_path) {
+                return Err(ShareError::DuplicateGuestPath(share.guest_path.clone()));
+            }
+            let id = u32::try_from(i).map_err(|_| ShareError::TooManyShares(shares.len()))?;
+            exports.push(Export::open(id, share)?);
+        }
+        let mut write_verf = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut write_verf);
+        Ok(Self {
+            exports,
+            key: HandleKey::random(),
+            write_verf,
+            port,
+        })
+    }
+
     /// Decodes and checks a file handle from the arguments.
     pub fn handle<'a>(&'a self, r: &mut XdrReader<'_>) -> Result<(&'a Export, u64), ProcError> {
         let bytes = r.opaque(64)?;
@@ -149,4 +177,83 @@ pub enum Outcome {
     Garbage,
     /// No such procedure; reply PROC_UNAVAIL.
     ProcUnavail,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn service(dir: &std::path::Path) -> (ShareService, Vec<u8>) {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("file"), b"data").unwrap();
+        let share = Share {
+            host_dir: dir.into(),
+            guest_path: "/src".into(),
+            writable: false,
+        };
+        let svc = ShareService::new(&[share], 2049).unwrap();
+        let root = svc
+            .handle_bytes(&svc.exports[0], svc.exports[0].root_ino())
+            .to_vec();
+        (svc, root)
+    }
+
+    fn call(proc_: u32, root: &[u8], args: &[u8]) -> Vec<u8> {
+        let mut w = XdrWriter::default();
+        for v in [9, 0, 2, NFS_PROGRAM, 3, proc_, 0, 0, 0, 0] {
+            w.u32(v);
+        }
+        w.opaque(root);
+        w.buf.extend_from_slice(args);
+        w.buf
+    }
+
+    #[test]
+    fn getattr_of_the_root_succeeds_and_truncated_args_are_garbage() {
+        let t = tempfile::tempdir().unwrap();
+        let (svc, root) = service(t.path());
+        let mut w = XdrWriter::default();
+        assert!(svc.dispatch(&call(1, &root, &[]), &mut w));
+        assert_eq!(
+            &w.buf[20..28],
+            &[0, 0, 0, 0, 0, 0, 0, 0],
+            "SUCCESS, NFS3_OK"
+        );
+        let mut w = XdrWriter::default();
+        svc.dispatch(&call(6, &root, &[0, 0]), &mut w);
+        assert_eq!(&w.buf[20..24], &[0, 0, 0, AcceptStat::GarbageArgs as u8]);
+    }
+
+    #[test]
+    fn writes_on_a_read_only_export_are_rofs() {
+        let t = tempfile::tempdir().unwrap();
+        let (svc, root) = service(t.path());
+        let mut args = XdrWriter::default();
+        args.opaque(b"new");
+        args.u32(0); // UNCHECKED
+        for _ in 0..6 {
+            args.u32(0); // no attributes set
+        }
+        let mut w = XdrWriter::default();
+        svc.dispatch(&call(8, &root, &args.buf), &mut w);
+        assert_eq!(&w.buf[24..28], &30u32.to_be_bytes(), "NFS3ERR_ROFS");
+        assert!(!t.path().join("new").exists());
+    }
+
+    proptest! {
+        #[test]
+        fn random_records_and_arguments_never_panic(
+            raw in proptest::collection::vec(any::<u8>(), 0..512),
+            proc_ in 0u32..23,
+        ) {
+            let t = tempfile::tempdir().unwrap();
+            let (svc, root) = service(t.path());
+            let mut w = XdrWriter::default();
+            svc.dispatch(&raw, &mut w);
+            let mut w = XdrWriter::default();
+            prop_assert!(svc.dispatch(&call(proc_, &root, &raw), &mut w));
+            prop_assert!(w.len() < 64 * 1024);
+        }
+    }
 }

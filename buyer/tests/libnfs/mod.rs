@@ -62,11 +62,34 @@ extern "C" {
     fn nfs_parse_url_dir(nfs: *mut NfsContext, url: *const c_char) -> *mut NfsUrl;
     fn nfs_destroy_url(url: *mut NfsUrl);
     fn nfs_mount(nfs: *mut NfsContext, server: *const c_char, export: *const c_char) -> c_int;
-    fn nfs_open(nfs: *mut NfsContext, path: *const c_char, flags: c_int, fh: *mut *mut NfsFh) -> c_int;
-    fn nfs_create(nfs: *mut NfsContext, path: *const c_char, flags: c_int, mode: c_int, fh: *mut *mut NfsFh) -> c_int;
+    fn nfs_open(
+        nfs: *mut NfsContext,
+        path: *const c_char,
+        flags: c_int,
+        fh: *mut *mut NfsFh,
+    ) -> c_int;
+    fn nfs_create(
+        nfs: *mut NfsContext,
+        path: *const c_char,
+        flags: c_int,
+        mode: c_int,
+        fh: *mut *mut NfsFh,
+    ) -> c_int;
     fn nfs_close(nfs: *mut NfsContext, fh: *mut NfsFh) -> c_int;
-    fn nfs_pread(nfs: *mut NfsContext, fh: *mut NfsFh, offset: u64, count: u64, buf: *mut c_void) -> c_int;
-    fn nfs_pwrite(nfs: *mut NfsContext, fh: *mut NfsFh, offset: u64, count: u64, buf: *const c_void) -> c_int;
+    fn nfs_pread(
+        nfs: *mut NfsContext,
+        fh: *mut NfsFh,
+        offset: u64,
+        count: u64,
+        buf: *mut c_void,
+    ) -> c_int;
+    fn nfs_pwrite(
+        nfs: *mut NfsContext,
+        fh: *mut NfsFh,
+        offset: u64,
+        count: u64,
+        buf: *const c_void,
+    ) -> c_int;
     fn nfs_stat64(nfs: *mut NfsContext, path: *const c_char, st: *mut NfsStat64) -> c_int;
     fn nfs_lstat64(nfs: *mut NfsContext, path: *const c_char, st: *mut NfsStat64) -> c_int;
     fn nfs_opendir(nfs: *mut NfsContext, path: *const c_char, dir: *mut *mut NfsDir) -> c_int;
@@ -74,7 +97,12 @@ extern "C" {
     fn nfs_closedir(nfs: *mut NfsContext, dir: *mut NfsDir);
     fn nfs_mkdir(nfs: *mut NfsContext, path: *const c_char) -> c_int;
     fn nfs_unlink(nfs: *mut NfsContext, path: *const c_char) -> c_int;
-    fn nfs_readlink(nfs: *mut NfsContext, path: *const c_char, buf: *mut c_char, size: c_int) -> c_int;
+    fn nfs_readlink(
+        nfs: *mut NfsContext,
+        path: *const c_char,
+        buf: *mut c_char,
+        size: c_int,
+    ) -> c_int;
     fn nfs_get_readmax(nfs: *mut NfsContext) -> u64;
     fn nfs_get_writemax(nfs: *mut NfsContext) -> u64;
 }
@@ -177,7 +205,15 @@ impl Nfs {
         let mut buf = vec![0u8; chunk];
         let res = loop {
             // SAFETY: buf has chunk writable bytes; fh is open.
-            let n = unsafe { nfs_pread(self.ctx, fh, out.len() as u64, chunk as u64, buf.as_mut_ptr().cast()) };
+            let n = unsafe {
+                nfs_pread(
+                    self.ctx,
+                    fh,
+                    out.len() as u64,
+                    chunk as u64,
+                    buf.as_mut_ptr().cast(),
+                )
+            };
             match self.check(n) {
                 Ok(0) => break Ok(out),
                 Ok(n) => out.extend_from_slice(&buf[..n as usize]),
@@ -195,7 +231,8 @@ impl Nfs {
         let mut total = 0u64;
         let res = loop {
             // SAFETY: buf has chunk writable bytes; fh is open.
-            let n = unsafe { nfs_pread(self.ctx, fh, total, chunk as u64, buf.as_mut_ptr().cast()) };
+            let n =
+                unsafe { nfs_pread(self.ctx, fh, total, chunk as u64, buf.as_mut_ptr().cast()) };
             match self.check(n) {
                 Ok(0) => break Ok(total),
                 Ok(n) => total += n as u64,
@@ -220,7 +257,15 @@ impl Nfs {
             }
             let n = chunk.min(data.len() - off);
             // SAFETY: data[off..off+n] is readable; fh is open.
-            let rc = unsafe { nfs_pwrite(self.ctx, fh, off as u64, n as u64, data[off..].as_ptr().cast()) };
+            let rc = unsafe {
+                nfs_pwrite(
+                    self.ctx,
+                    fh,
+                    off as u64,
+                    n as u64,
+                    data[off..].as_ptr().cast(),
+                )
+            };
             match self.check(rc) {
                 Ok(0) => break Err("short write".into()),
                 Ok(w) => off += w as usize,
@@ -245,7 +290,9 @@ impl Nfs {
                 break;
             }
             // SAFETY: ent is a valid dirent with a NUL-terminated name.
-            let name = unsafe { CStr::from_ptr((*ent).name) }.to_string_lossy().into_owned();
+            let name = unsafe { CStr::from_ptr((*ent).name) }
+                .to_string_lossy()
+                .into_owned();
             if name != "." && name != ".." {
                 names.push(name);
             }
@@ -259,14 +306,16 @@ impl Nfs {
     pub fn mkdir(&self, path: &str) -> Result<(), String> {
         let p = cstr(path);
         // SAFETY: ctx live, p NUL-terminated.
-        self.check(unsafe { nfs_mkdir(self.ctx, p.as_ptr()) }).map(drop)
+        self.check(unsafe { nfs_mkdir(self.ctx, p.as_ptr()) })
+            .map(drop)
     }
 
     /// unlink.
     pub fn unlink(&self, path: &str) -> Result<(), String> {
         let p = cstr(path);
         // SAFETY: ctx live, p NUL-terminated.
-        self.check(unsafe { nfs_unlink(self.ctx, p.as_ptr()) }).map(drop)
+        self.check(unsafe { nfs_unlink(self.ctx, p.as_ptr()) })
+            .map(drop)
     }
 
     /// readlink.

@@ -1,14 +1,19 @@
 //! The seller daemon: keeps a session with the broker, posts the offer,
 //! heartbeats, and runs each lease it is given in a sandbox.
 //!
+//! Guest code never runs in this process: each lease runs in its own
+//! confined child (see [`crate::jail`]), which `wasm_job` supervises.
+//!
 //! Lost connections are retried with backoff; leases running when the
 //! session dies are interrupted (the broker has already ended them as
 //! `seller lost` and will not pay for more).
 
 mod fetch;
+mod vm_job;
 mod wasm_job;
 
 use crate::cache::ImageCache;
+use crate::jail::cgroup::Hierarchy;
 use crate::lease::{Action, Lease, LeaseEvent};
 use crate::wasm::{RuntimeConfig, WasmRuntime};
 use anyhow::Context;
@@ -36,7 +41,40 @@ pub struct SellerConfig {
 /// One lease the daemon is running.
 struct Running {
     lease: Lease,
-    interrupt: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
+}
+
+/// Tells a lease's supervisor that the broker (or a lost session) ended it.
+#[derive(Debug, Default)]
+pub(crate) struct StopSignal {
+    requested: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl StopSignal {
+    fn raise(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Resolves once a stop was raised (at once if it already was).
+    pub(crate) async fn raised(&self) {
+        if self.requested.load(Ordering::Relaxed) {
+            return;
+        }
+        self.notify.notified().await;
+    }
+}
+
+/// What starting a confined sandbox needs, fixed for the daemon's life.
+#[derive(Debug)]
+pub(crate) struct JailSetup {
+    /// The seller binary, re-executed as `sandbox` for each lease.
+    pub(crate) exe: PathBuf,
+    /// Empty directory each sandbox mounts its root on (in its own namespace).
+    pub(crate) root: PathBuf,
+    /// Where lease cgroups go.
+    pub(crate) cgroups: Hierarchy,
 }
 
 /// Leases by id, shared by the session reader and the lease tasks.
@@ -51,6 +89,7 @@ struct Ctx {
     cache: Arc<ImageCache>,
     runtime: Arc<WasmRuntime>,
     scratch_root: PathBuf,
+    jail: Arc<JailSetup>,
 }
 
 /// Runs the daemon until it is killed, reconnecting as needed.
@@ -66,6 +105,12 @@ pub async fn run(cfg: SellerConfig) -> anyhow::Result<()> {
         })
         .context("while starting the wasm runtime")?,
     );
+    let jail = Arc::new(JailSetup {
+        exe: PathBuf::from("/proc/self/exe"),
+        root: dir.join("jail"),
+        cgroups: Hierarchy::detect().context("while preparing lease cgroups")?,
+    });
+    std::fs::create_dir_all(&jail.root)?;
     let scratch_root = dir.join("scratch");
     // Scratch left by a previous run belongs to leases that are over.
     let _ = std::fs::remove_dir_all(&scratch_root);
@@ -73,7 +118,7 @@ pub async fn run(cfg: SellerConfig) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        match session(&cfg, &cache, &runtime, &scratch_root).await {
+        match session(&cfg, &cache, &runtime, &scratch_root, &jail).await {
             Ok(()) => tracing::warn!("broker ended the session"),
             Err(e) => tracing::warn!("session failed: {e:#}"),
         }
@@ -91,6 +136,7 @@ async fn session(
     cache: &Arc<ImageCache>,
     runtime: &Arc<WasmRuntime>,
     scratch_root: &std::path::Path,
+    jail: &Arc<JailSetup>,
 ) -> anyhow::Result<()> {
     let client: Client = cfg.home.connect().await?;
     let (mut send, mut recv) = client.open().await?;
@@ -140,6 +186,7 @@ async fn session(
         cache: cache.clone(),
         runtime: runtime.clone(),
         scratch_root: scratch_root.to_path_buf(),
+        jail: jail.clone(),
     };
     let result = loop {
         let msg = match frame::read::<BrokerMsg, _>(&mut recv).await {
@@ -153,7 +200,7 @@ async fn session(
                 let mut map = lock(&leases);
                 if let Some(r) = map.get_mut(&lease) {
                     if r.lease.handle(LeaseEvent::StopRequested) == Action::InterruptSandbox {
-                        r.interrupt.store(true, Ordering::Relaxed);
+                        r.stop.raise();
                     }
                 }
             }
@@ -164,7 +211,7 @@ async fn session(
     heart.abort();
     writer.abort();
     for r in lock(&leases).values() {
-        r.interrupt.store(true, Ordering::Relaxed);
+        r.stop.raise();
     }
     result
 }
@@ -191,12 +238,12 @@ fn report(ctx: &Ctx, id: &str, end: LeaseEnd) {
 }
 
 fn start(ctx: &Ctx, spec: LeaseSpec) {
-    let interrupt = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(StopSignal::default());
     lock(&ctx.leases).insert(
         spec.lease.clone(),
         Running {
             lease: Lease::new(),
-            interrupt: interrupt.clone(),
+            stop: stop.clone(),
         },
     );
     tracing::info!(lease = %spec.lease, buyer = %spec.buyer, kind = %spec.kind, "lease assigned");
@@ -215,10 +262,12 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
         }
         let bytes = fetched.expect("ImageReady only on success");
         let end = match spec.kind {
-            SandboxKind::Wasm => wasm_job::run(&ctx, &spec, bytes, interrupt).await,
-            SandboxKind::Vm => LeaseEnd::Failed {
-                message: "this seller does not run vm leases yet".into(),
-            },
+            SandboxKind::Wasm => wasm_job::run(&ctx, &spec, bytes, stop).await,
+            SandboxKind::Vm => {
+                // The VMM reads the ISO from the image cache, not from memory.
+                drop(bytes);
+                vm_job::run(&ctx, &spec, stop).await
+            }
         };
         if let Action::Report(end) = step(&ctx.leases, &id, LeaseEvent::SandboxExited(end)) {
             report(&ctx, &id, end);

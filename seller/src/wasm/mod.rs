@@ -15,6 +15,7 @@ mod limiter;
 mod module_lru;
 mod output;
 mod runtime;
+mod thread_hook;
 mod ticker;
 mod validate;
 
@@ -22,4 +23,5 @@ pub use error::WasmError;
 pub use job::{JobOutcome, JobSpec, Limits};
 pub use output::{OutputSink, StdStream};
 pub use runtime::{InstanceAllocator, LoadedModule, RuntimeConfig, RuntimeStats, WasmRuntime};
+pub use thread_hook::set_helper_thread_hook;
 pub use validate::MAX_MODULE_BYTES;

@@ -40,6 +40,7 @@ const MAX_CHUNK: usize = 64 * 1024;
 
 /// Delivers every chunk from `chunks` to `sink` until all senders are gone.
 pub(crate) fn forward(chunks: Receiver<Chunk>, sink: &dyn OutputSink) {
+    super::thread_hook::on_helper_thread_start();
     for (stream, data) in chunks {
         sink.write(stream, &data);
     }

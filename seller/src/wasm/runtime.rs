@@ -214,6 +214,39 @@ impl WasmRuntime {
     /// Validates `wasm` (which must hash to `id_hex`) and makes it ready to
     /// run, reusing a compiled form from memory or from this seller's disk.
     pub fn load(&self, id_hex: &str, wasm: &[u8]) -> Result<LoadedModule, WasmError> {
+        self.load_from(id_hex, wasm, None)
+    }
+
+    /// The machine code of `module` as this engine serializes it, for a
+    /// sandbox child to load with [`WasmRuntime::load_trusted`].
+    pub fn compiled_bytes(&self, module: &LoadedModule) -> Result<Vec<u8>, WasmError> {
+        module.pre.module().serialize().map_err(engine_error)
+    }
+
+    /// Like [`WasmRuntime::load`], but the machine code comes from
+    /// `compiled` instead of this process's compiler or disk: a confined
+    /// sandbox child gets it from the daemon that started it.
+    ///
+    /// # Safety
+    ///
+    /// `compiled` must be [`WasmRuntime::compiled_bytes`] output of a
+    /// trusted process (never bytes a buyer or a sandbox could choose):
+    /// wasmtime maps it as executable code after checking only its header.
+    pub unsafe fn load_trusted(
+        &self,
+        id_hex: &str,
+        wasm: &[u8],
+        compiled: &[u8],
+    ) -> Result<LoadedModule, WasmError> {
+        self.load_from(id_hex, wasm, Some(compiled))
+    }
+
+    fn load_from(
+        &self,
+        id_hex: &str,
+        wasm: &[u8],
+        compiled: Option<&[u8]>,
+    ) -> Result<LoadedModule, WasmError> {
         // Size first, so an oversized input is not even hashed.
         if wasm.len() > super::MAX_MODULE_BYTES {
             return Err(WasmError::TooLarge {
@@ -229,7 +262,7 @@ impl WasmRuntime {
                 actual,
             });
         }
-        let module = self.module_for(&actual, wasm)?;
+        let module = self.module_for(&actual, wasm, compiled)?;
         let pre = self
             .linker
             .instantiate_pre(&module)
@@ -288,13 +321,29 @@ impl WasmRuntime {
         }
     }
 
-    fn module_for(&self, id_hex: &str, wasm: &[u8]) -> Result<Module, WasmError> {
+    fn module_for(
+        &self,
+        id_hex: &str,
+        wasm: &[u8],
+        compiled: Option<&[u8]>,
+    ) -> Result<Module, WasmError> {
         if let Some(module) = self.lru().get(id_hex) {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(module);
         }
         check_module(wasm, |name| self.provided.contains(name))?;
-        let module = match self.artifacts.load(&self.engine, id_hex) {
+        let trusted = match compiled {
+            // SAFETY: `load_trusted`'s contract: these bytes are the
+            // daemon's own `Module::serialize` output; wasmtime still
+            // rejects a header from an incompatible engine.
+            Some(bytes) => Some(unsafe { Module::deserialize(&self.engine, bytes) }.map_err(
+                |e| WasmError::Invalid {
+                    reason: format!("compiled module from the daemon: {e:#}"),
+                },
+            )?),
+            None => self.artifacts.load(&self.engine, id_hex),
+        };
+        let module = match trusted {
             Some(module) => {
                 self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
                 module

@@ -22,10 +22,13 @@ impl EpochTicker {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("wasm-epoch".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(TICK) {
-                    Err(RecvTimeoutError::Timeout) => engine.increment_epoch(),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            .spawn(move || {
+                super::thread_hook::on_helper_thread_start();
+                loop {
+                    match stopped.recv_timeout(TICK) {
+                        Err(RecvTimeoutError::Timeout) => engine.increment_epoch(),
+                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             })?;
         Ok(EpochTicker {

@@ -1,0 +1,19 @@
+//! Any byte stream as TCP input: record-marking reassembly must stay
+//! within its bound and end in a record or a named error, never panic.
+#![no_main]
+
+use cpushare_buyer::share::rpc::read_record;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut input = data;
+        let mut buf = Vec::new();
+        while read_record(&mut input, &mut buf, 4096).await.is_ok() {
+            assert!(buf.len() <= 4096);
+        }
+    });
+});

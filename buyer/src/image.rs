@@ -1,0 +1,99 @@
+//! `cpushare image inspect`: what a seller would boot from an ISO, checked
+//! on the buyer's machine before any money moves.
+
+use anyhow::Context;
+use cpushare_vmm::iso::{inspect, BootSource, IsoReader};
+use serde::Serialize;
+use std::path::Path;
+
+/// What `inspect` reports.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    /// The ISO file.
+    pub file: String,
+    /// Content id (`K-...` short form).
+    pub id: String,
+    /// Full SHA-256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Whether a seller could boot it.
+    pub bootable: bool,
+    /// Kernel path inside the ISO.
+    pub kernel: Option<String>,
+    /// Kernel size.
+    pub kernel_size: Option<u64>,
+    /// Initrd path inside the ISO.
+    pub initrd: Option<String>,
+    /// Initrd size.
+    pub initrd_size: Option<u64>,
+    /// Command line the guest gets (the seller appends `console=ttyS0`).
+    pub cmdline: Option<String>,
+    /// Which config it came from.
+    pub source: Option<String>,
+    /// Why it cannot boot, if it cannot.
+    pub error: Option<String>,
+}
+
+/// Inspects the ISO at `path`.
+pub fn inspect_iso(path: &Path) -> anyhow::Result<Inspection> {
+    let (id, size) = crate::upload::identify(path)?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let plan = IsoReader::new(std::io::BufReader::new(file)).and_then(|mut r| inspect(&mut r));
+    let mut out = Inspection {
+        file: path.display().to_string(),
+        id: id.short(),
+        sha256: id.hex(),
+        size,
+        bootable: plan.is_ok(),
+        kernel: None,
+        kernel_size: None,
+        initrd: None,
+        initrd_size: None,
+        cmdline: None,
+        source: None,
+        error: None,
+    };
+    match plan {
+        Ok(p) => {
+            out.kernel = Some(p.kernel.path.clone());
+            out.kernel_size = Some(p.kernel.size);
+            out.initrd = p.initrd.as_ref().map(|i| i.path.clone());
+            out.initrd_size = p.initrd.as_ref().map(|i| i.size);
+            out.cmdline = Some(format!("{} console=ttyS0", p.cmdline).trim().to_string());
+            out.source = Some(match p.source {
+                BootSource::CpushareToml => "/cpushare.toml".to_string(),
+                BootSource::Syslinux(path) => format!("syslinux {path}"),
+                BootSource::Grub(path) => format!("grub {path}"),
+            });
+        }
+        Err(e) => out.error = Some(e.to_string()),
+    }
+    Ok(out)
+}
+
+/// Prints an inspection for a person.
+pub fn print(i: &Inspection) {
+    println!("image    {} ({} bytes, {})", i.file, i.size, i.id);
+    match &i.error {
+        Some(e) => println!("bootable no: {e}"),
+        None => {
+            println!("config   {}", i.source.as_deref().unwrap_or("?"));
+            println!(
+                "kernel   {} ({} bytes)",
+                i.kernel.as_deref().unwrap_or("?"),
+                i.kernel_size.unwrap_or(0)
+            );
+            match (&i.initrd, i.initrd_size) {
+                (Some(p), Some(s)) => println!("initrd   {p} ({s} bytes)"),
+                _ => println!("initrd   none"),
+            }
+            println!("cmdline  {}", i.cmdline.as_deref().unwrap_or(""));
+            println!(
+                "bootable yes: `cpushare run {}` boots it on a seller",
+                i.file
+            );
+        }
+    }
+}

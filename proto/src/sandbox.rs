@@ -1,0 +1,176 @@
+//! Messages between the seller daemon and one sandbox child it started
+//! (`cpushare-seller sandbox`), over the child's stdin and stdout pipes.
+//!
+//! Both sides use [`crate::frame`] framing. The daemon writes
+//! [`ToSandbox`]: the module in chunks (a module may exceed one frame),
+//! then the job, then at most a stop. The child writes [`FromSandbox`]:
+//! ready once confined, output as the guest writes it, then its end. The
+//! child has no async runtime (it must stay single-threaded until it is
+//! confined), so blocking readers and writers live here too.
+
+use crate::frame::{self, FrameError, HEADER_LEN};
+use crate::msg::StdStream;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::io::{Read, Write};
+
+/// Largest piece of module or compiled code in one [`ToSandbox`] frame.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Daemon to sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToSandbox {
+    /// The next piece of the module's wasm bytes.
+    WasmChunk(Vec<u8>),
+    /// The next piece of the daemon's own compiled form of the module
+    /// (trusted: produced by the daemon's engine, never by a sandbox).
+    CompiledChunk(Vec<u8>),
+    /// Everything else about the job; the child starts the guest on it.
+    Job(SandboxJob),
+    /// The lease is over: stop the guest at its next epoch tick.
+    Stop,
+}
+
+/// One job for a sandbox child.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxJob {
+    /// Content id of the module (64 hex digits); the child checks the bytes against it.
+    pub image_hex: String,
+    /// Arguments after `argv[0]`.
+    pub args: Vec<String>,
+    /// The guest's complete environment.
+    pub env: Vec<(String, String)>,
+    /// The guest's stdin.
+    pub stdin: Vec<u8>,
+    /// Ceiling on the guest's linear memory, bytes.
+    pub memory_bytes: u64,
+    /// CPU time budget, milliseconds.
+    pub cpu_time_ms: u64,
+    /// Wall-clock budget, milliseconds.
+    pub wall_time_ms: u64,
+}
+
+/// Sandbox to daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromSandbox {
+    /// The child is confined and waits for a job.
+    Ready,
+    /// The module loaded; the guest is about to run (billing may start).
+    Started,
+    /// One guest write to stdout or stderr.
+    Output {
+        /// Which stream.
+        stream: StdStream,
+        /// The bytes written.
+        data: Vec<u8>,
+    },
+    /// The guest ended; nothing follows.
+    Ended(SandboxEnd),
+}
+
+/// How the guest ended, as the child saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxEnd {
+    /// `_start` returned or the guest called `proc_exit`.
+    Exited {
+        /// Exit status.
+        code: i32,
+    },
+    /// The guest trapped.
+    Trapped {
+        /// wasmtime's description.
+        message: String,
+    },
+    /// CPU budget used up.
+    CpuTimeExceeded,
+    /// Wall-clock budget used up.
+    WallTimeExceeded,
+    /// Refused memory beyond its limit, then failed.
+    MemoryExceeded {
+        /// The limit, bytes.
+        limit_bytes: u64,
+    },
+    /// Stopped by [`ToSandbox::Stop`].
+    Interrupted,
+    /// The child could not run the job (bad module, bad job).
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Writes one frame to a blocking writer.
+pub fn write_blocking<T: Serialize, W: Write>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+    let bytes = frame::encode(msg)?;
+    w.write_all(&bytes)?;
+    Ok(())
+}
+
+/// Reads one frame from a blocking reader; `Ok(None)` on a clean end of
+/// stream before a header.
+pub fn read_blocking<T: DeserializeOwned, R: Read>(r: &mut R) -> Result<Option<T>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = r.read(&mut header[got..])?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(FrameError::Truncated {
+                want: HEADER_LEN,
+                got,
+            });
+        }
+        got += n;
+    }
+    let len = frame::check_header(&header)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .map_err(|_| FrameError::Truncated {
+            want: HEADER_LEN + len,
+            got: HEADER_LEN,
+        })?;
+    let mut whole = header.to_vec();
+    whole.extend_from_slice(&payload);
+    Ok(Some(frame::decode(&whole)?.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_frames_round_trip() {
+        let msgs = vec![
+            FromSandbox::Ready,
+            FromSandbox::Output {
+                stream: StdStream::Stderr,
+                data: b"hi".to_vec(),
+            },
+            FromSandbox::Ended(SandboxEnd::Exited { code: 3 }),
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            write_blocking(&mut buf, m).unwrap();
+        }
+        let mut r = &buf[..];
+        for m in &msgs {
+            assert_eq!(
+                read_blocking::<FromSandbox, _>(&mut r).unwrap().as_ref(),
+                Some(m)
+            );
+        }
+        assert_eq!(read_blocking::<FromSandbox, _>(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn a_cut_frame_is_truncated() {
+        let mut buf = Vec::new();
+        write_blocking(&mut buf, &ToSandbox::WasmChunk(vec![7; 100])).unwrap();
+        buf.truncate(50);
+        assert!(matches!(
+            read_blocking::<ToSandbox, _>(&mut &buf[..]),
+            Err(FrameError::Truncated { .. })
+        ));
+    }
+}

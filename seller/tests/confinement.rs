@@ -1,0 +1,346 @@
+//! Attacks on the lease sandbox with real processes: the real
+//! `cpushare-seller sandbox` binary, real namespaces, cgroups and seccomp.
+//! Every test needs root and a kernel with user namespaces, seccomp and
+//! cgroups (CI has them); none skips: on a host without them they fail
+//! and say what is missing (`cpushare-seller doctor` tells more).
+
+mod guest_modules;
+
+use cpushare_proto::id::ContentId;
+use cpushare_proto::msg::{LeaseEnd, StdStream};
+use cpushare_proto::sandbox::{FromSandbox, SandboxJob};
+use cpushare_seller::jail::cgroup::{
+    CgroupLimits, Hierarchy, LeaseCgroup, MAX_TASKS, OVERHEAD_BYTES,
+};
+use cpushare_seller::jail::supervisor::{self, Sandbox, SpawnSpec};
+use cpushare_seller::jail::verdict;
+use cpushare_seller::wasm::{RuntimeConfig, WasmRuntime};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// What a finished sandbox produced.
+struct Run {
+    end: LeaseEnd,
+    stdout: String,
+    stderr: String,
+}
+
+/// The daemon's side, as a test sees it: a home, a compiling runtime, cgroups.
+struct Host {
+    home: tempfile::TempDir,
+    runtime: WasmRuntime,
+    cgroups: Hierarchy,
+}
+
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| {
+        // SAFETY: geteuid cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "confinement tests must run as root (CI does); see `cpushare-seller doctor`"
+        );
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join("jail")).unwrap();
+        std::fs::create_dir(home.path().join("scratch")).unwrap();
+        let runtime = WasmRuntime::new(RuntimeConfig {
+            compiled_cache_dir: home.path().join("compiled"),
+            max_instances: 4,
+            max_memory_bytes: 1 << 30,
+        })
+        .unwrap();
+        let cgroups =
+            Hierarchy::detect().expect("this host must offer cgroup v2 or v1 controllers");
+        Host {
+            home,
+            runtime,
+            cgroups,
+        }
+    })
+}
+
+fn lease_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A sandbox for `module` with `mem_mib` of guest memory, started and
+/// sent its job; `attack` sets the debug-only attack hook.
+async fn start(module: &str, args: &[&str], mem_mib: u64, attack: Option<&str>) -> (Sandbox, u64) {
+    let h = host();
+    let wasm = guest_modules::bytes(module);
+    let id = ContentId::of(&wasm).hex();
+    let loaded = h.runtime.load(&id, &wasm).unwrap();
+    let compiled = h.runtime.compiled_bytes(&loaded).unwrap();
+    let name = lease_name();
+    let uid = supervisor::next_uid();
+    let scratch = h.home.path().join("scratch").join(&name);
+    std::fs::create_dir(&scratch).unwrap();
+    std::os::unix::fs::chown(&scratch, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cgroup = LeaseCgroup::create(
+        &h.cgroups,
+        &name,
+        CgroupLimits {
+            guest_memory_bytes: mem_mib * MIB,
+            cpus: 1,
+        },
+    )
+    .unwrap();
+    let spec = SpawnSpec {
+        // CPUSHARE_TEST_SANDBOX_EXE wraps the sandbox (e.g. in strace) when debugging.
+        exe: std::env::var_os("CPUSHARE_TEST_SANDBOX_EXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cpushare-seller"))),
+        jail_root: h.home.path().join("jail"),
+        scratch,
+        uid,
+        max_memory_bytes: mem_mib * MIB,
+        jail: true,
+        seccomp: std::env::var_os("CPUSHARE_TEST_NO_SECCOMP").is_none(),
+        env: attack
+            .map(|a| vec![("CPUSHARE_SANDBOX_ATTACK".to_string(), a.to_string())])
+            .unwrap_or_default(),
+    };
+    let mut sandbox = Sandbox::spawn(&spec, Some(cgroup)).unwrap();
+    let job = SandboxJob {
+        image_hex: id,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        memory_bytes: mem_mib * MIB,
+        cpu_time_ms: 60_000,
+        wall_time_ms: 60_000,
+        ..SandboxJob::default()
+    };
+    // The job goes only to a sandbox that said it is confined and ready.
+    match tokio::time::timeout(Duration::from_secs(10), sandbox.next()).await {
+        Ok(Some(FromSandbox::Ready)) => sandbox.send_job(&wasm, &compiled, job).await.unwrap(),
+        Ok(other) => {
+            // Died before ready (an attack right after confinement).
+            assert!(other.is_none(), "unexpected first event {other:?}");
+        }
+        Err(_) => panic!("sandbox not ready within 10 s"),
+    }
+    (sandbox, mem_mib)
+}
+
+/// Collects events until the end and reaps.
+async fn finish(mut sandbox: Sandbox, mem_mib: u64) -> Run {
+    let (mut stdout, mut stderr, mut reported) = (String::new(), String::new(), None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, sandbox.next())
+            .await
+            .expect("sandbox ended in time")
+        {
+            Some(FromSandbox::Output { stream, data }) => {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                match stream {
+                    StdStream::Stdout => stdout += &text,
+                    StdStream::Stderr => stderr += &text,
+                }
+            }
+            Some(FromSandbox::Ended(end)) => {
+                reported = Some(end);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let death = sandbox.reap(reported).await;
+    Run {
+        end: verdict::lease_end(&death, mem_mib),
+        stdout,
+        stderr,
+    }
+}
+
+async fn run(module: &str, args: &[&str], mem_mib: u64, attack: Option<&str>) -> Run {
+    let (sandbox, mem) = start(module, args, mem_mib, attack).await;
+    finish(sandbox, mem).await
+}
+
+#[tokio::test]
+async fn a_confined_job_runs_and_streams_its_output() {
+    let r = run("hello", &["one", "two"], 16, None).await;
+    assert_eq!(r.end, LeaseEnd::Exited { code: 0 }, "stderr: {}", r.stderr);
+    assert!(
+        r.stdout.contains("one") && r.stdout.contains("two"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test]
+async fn forbidden_syscalls_kill_the_sandbox_and_are_named() {
+    for (attack, syscall) in [
+        ("openat", "openat"),
+        ("socket", "socket"),
+        ("execve", "execve"),
+        ("ptrace", "ptrace"),
+        ("mount", "mount"),
+        ("kexec_load", "kexec_load"),
+        ("fork", "clone"),
+    ] {
+        let r = run("hello", &[], 16, Some(attack)).await;
+        assert_eq!(
+            r.end.to_string(),
+            format!("killed: seccomp (syscall {syscall})"),
+            "attack {attack}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_escape_module_is_denied_everywhere() {
+    let r = run("escape", &[], 16, None).await;
+    assert!(!r.stdout.contains("ESCAPED"), "{}", r.stdout);
+    assert_eq!(r.end, LeaseEnd::Exited { code: 0 }, "{}", r.stdout);
+}
+
+#[tokio::test]
+async fn a_wasm_memory_bomb_stops_at_its_limit() {
+    let r = run("membomb", &[], 16, None).await;
+    assert_eq!(
+        r.end,
+        LeaseEnd::MemoryExceeded { limit_mib: 16 },
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test]
+async fn native_memory_past_the_cgroup_limit_is_an_oom_kill() {
+    let r = run("hello", &[], 16, Some("memory")).await;
+    assert_eq!(r.end.to_string(), "killed: out of memory");
+    // The host goes on: the next sandbox runs normally.
+    let r = run("hello", &[], 16, None).await;
+    assert_eq!(r.end, LeaseEnd::Exited { code: 0 });
+}
+
+#[tokio::test]
+async fn the_sandbox_sees_no_host_process_network_or_writable_path() {
+    let r = run("hello", &[], 16, Some("look")).await;
+    assert_eq!(r.end, LeaseEnd::Exited { code: 0 });
+    let probe = |key: &str| {
+        r.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("probe {key}: ")))
+            .unwrap_or_else(|| panic!("no probe {key} in {}", r.stderr))
+            .to_string()
+    };
+    let mut root: Vec<String> = probe("root").split(',').map(String::from).collect();
+    root.sort();
+    assert_eq!(
+        root,
+        ["compiled", "scratch"],
+        "the jail root holds only these"
+    );
+    assert!(
+        probe("proc").starts_with("error"),
+        "no /proc: {}",
+        probe("proc")
+    );
+    assert!(
+        probe("net").starts_with("error"),
+        "no /sys: {}",
+        probe("net")
+    );
+    assert_eq!(probe("interfaces"), "lo", "only loopback");
+    assert_eq!(
+        probe("ppid"),
+        "0",
+        "the parent is outside the pid namespace"
+    );
+    assert_eq!(probe("pid"), "1", "pid 1 of its own namespace");
+    assert_eq!(probe("write-root"), "false");
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in status"))
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_running_sandbox_is_filtered_unprivileged_and_limited() {
+    let (mut sandbox, mem) = start("spin", &[], 32, None).await;
+    // Wait until the guest runs.
+    loop {
+        match sandbox.next().await {
+            Some(FromSandbox::Output { .. }) => break,
+            Some(_) => {}
+            None => panic!("spin ended early"),
+        }
+    }
+    let pid = sandbox.inner_pid().expect("inner pid");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
+    let uid: u32 = status_field(pid, "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(uid >= supervisor::UID_BASE, "uid {uid}");
+    let policy = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap();
+    assert!(
+        policy
+            .lines()
+            .any(|l| l.starts_with("policy") && l.trim_end().ends_with(" 5")),
+        "SCHED_IDLE: {policy}"
+    );
+    let cg = sandbox.cgroup().unwrap();
+    let read = |dir: &PathBuf, f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let want_mem = (mem * MIB + OVERHEAD_BYTES).to_string();
+    let dirs = cg.dirs().to_vec();
+    if dirs.len() == 1 {
+        assert_eq!(read(&dirs[0], "memory.max"), want_mem);
+        assert_eq!(read(&dirs[0], "pids.max"), MAX_TASKS.to_string());
+        assert_eq!(read(&dirs[0], "cpu.max"), "100000 100000");
+        assert_eq!(read(&dirs[0], "cpu.weight"), "1");
+    } else {
+        assert_eq!(read(&dirs[0], "memory.limit_in_bytes"), want_mem);
+        assert_eq!(read(&dirs[1], "pids.max"), MAX_TASKS.to_string());
+        assert_eq!(read(&dirs[2], "cpu.cfs_quota_us"), "100000");
+        assert_eq!(read(&dirs[2], "cpu.shares"), "2");
+    }
+    for d in &dirs {
+        assert!(
+            read(d, "cgroup.procs")
+                .split_whitespace()
+                .any(|p| p == pid.to_string()),
+            "{}",
+            d.display()
+        );
+    }
+    // A stop ends it as cancelled, and the cgroup goes with the lease.
+    sandbox.stop().await;
+    let run = finish(sandbox, mem).await;
+    assert_eq!(run.end, LeaseEnd::Cancelled);
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}
