@@ -417,3 +417,41 @@ fn work_whose_seller_vanishes_is_placed_again_on_another_seller() {
     assert_eq!(cost_micros(&out), 2000);
     assert_eq!(broker.balance("user:b"), 1_000_000 - 2000);
 }
+
+#[test]
+fn the_market_runs_on_postgresql_too() {
+    let Ok(admin) = std::env::var("CPUSHARE_TEST_PG") else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED market on PostgreSQL: CPUSHARE_TEST_PG is unset (scripts/test.sh starts a server)"
+        );
+        return;
+    };
+    let db = format!("cpushare_e2e_{}", std::process::id());
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql")
+            .arg(&admin)
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql (apt-get install postgresql-client)");
+        assert!(out.status.success(), "psql {sql}: {}", stderr(&out));
+    };
+    psql(&format!("CREATE DATABASE {db}"));
+    let url = match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => panic!("CPUSHARE_TEST_PG has no database part: {admin}"),
+    };
+    {
+        let wasm = wasm_modules();
+        let broker = Broker::start(Some(&url));
+        let _s = Seller::start(&broker, "pg-seller", 1, "0.001");
+        let buyer = Buyer::login(&broker, "pg-buyer", "1");
+        let out = buyer.run(&["--json", "run", wasm.join("hello.wasm").to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("hello from wasm"));
+        assert_eq!(cost_micros(&out), 1000);
+        assert_eq!(broker.balance("user:pg-buyer"), 1_000_000 - 1000);
+    }
+    psql(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
