@@ -110,10 +110,7 @@ enum AccountCmd {
 }
 
 fn default_data() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".cpushare-broker")
+    cpushare_proto::client::home_dir(".cpushare-broker")
 }
 
 fn valid_name(name: &str) -> bool {

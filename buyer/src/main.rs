@@ -3,7 +3,7 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use cpushare_buyer::{listing, run};
-use cpushare_proto::client::Home;
+use cpushare_proto::client::{parse_size_mib, Home};
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{JobSpec, Request, Response, Role, MAX_STDIN};
 use std::path::PathBuf;
@@ -104,24 +104,7 @@ enum ImageCmd {
 }
 
 fn default_home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".cpushare")
-}
-
-fn parse_size_mib(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('G' | 'g') => (&t[..t.len() - 1], 1024),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("`{s}` is not a size like 64M or 1G"))
+    cpushare_proto::client::home_dir(".cpushare")
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

@@ -278,3 +278,42 @@ impl Client {
             .map_err(|e| ClientError::Lost(e.to_string()))
     }
 }
+
+/// `$HOME/NAME` (or `./NAME` without a home), where a CLI keeps its identity.
+pub fn home_dir(name: &str) -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(name)
+}
+
+/// Parses a memory size for the command line: `512M`, `2G` or plain MiB.
+pub fn parse_size_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.as_bytes().last() {
+        Some(b'G' | b'g') => (&t[..t.len() - 1], 1024),
+        Some(b'M' | b'm') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{s}` is not a size like 512M or 2G"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size_mib("512M"), Ok(512));
+        assert_eq!(parse_size_mib("2g"), Ok(2048));
+        assert_eq!(parse_size_mib("64"), Ok(64));
+        assert!(parse_size_mib("0").is_err());
+        assert!(parse_size_mib("G").is_err());
+        assert!(parse_size_mib("lots").is_err());
+        assert!(parse_size_mib("99999999999999999999G").is_err());
+    }
+}

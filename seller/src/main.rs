@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cpushare_proto::client::Home;
+use cpushare_proto::client::{parse_size_mib, Home};
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{Role, SandboxKind, SellOffer};
 use cpushare_seller::daemon::{self, SellerConfig};
@@ -89,25 +89,7 @@ enum Cmd {
 }
 
 fn default_home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".cpushare-seller")
-}
-
-/// Parses `512M`, `2G`, `1024` (MiB) into MiB.
-fn parse_size_mib(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('G' | 'g') => (&t[..t.len() - 1], 1024),
-        Some('M' | 'm') => (&t[..t.len() - 1], 1),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|&n| n > 0)
-        .ok_or_else(|| format!("`{s}` is not a size like 512M or 2G"))
+    cpushare_proto::client::home_dir(".cpushare-seller")
 }
 
 fn parse_kind(s: &str) -> Result<SandboxKind, String> {
@@ -215,19 +197,5 @@ async fn serve(home_dir: PathBuf, cmd: Cmd) -> anyhow::Result<()> {
             .await
         }
         Cmd::Doctor { .. } | Cmd::Sandbox { .. } => unreachable!("handled before the runtime"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size_mib("512M"), Ok(512));
-        assert_eq!(parse_size_mib("2G"), Ok(2048));
-        assert_eq!(parse_size_mib("64"), Ok(64));
-        assert!(parse_size_mib("0").is_err());
-        assert!(parse_size_mib("lots").is_err());
     }
 }

@@ -37,22 +37,35 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// An exclusive lock on building a test artifact, shared by every test
+/// process of a run (they run in parallel); released on drop.
+struct BuildLock {
+    _file: std::fs::File,
+}
+
+impl BuildLock {
+    fn take(name: &str) -> BuildLock {
+        use std::os::fd::AsRawFd;
+        let path = bin_dir().join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("lock file");
+        // SAFETY: flock on a descriptor that `file` keeps open for as long
+        // as the lock is held; closing it on drop releases the lock.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "could not lock {}", path.display());
+        BuildLock { _file: file }
+    }
+}
+
 /// Builds the example wasm modules once per test run and returns their
 /// directory. Fails (does not skip) if clang or wasi-libc is missing.
 pub fn wasm_modules() -> PathBuf {
     let out = bin_dir().join("test-wasm");
-    let lock = bin_dir().join("test-wasm.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .expect("lock file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor `file` keeps open for the whole
-    // test run; the lock is released when the process exits.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "could not lock {}", lock.display());
+    let _lock = BuildLock::take("test-wasm");
     let src = repo_root().join("guest-images/wasm");
     let stale = std::fs::read_dir(&src)
         .expect("guest-images/wasm")
@@ -84,17 +97,7 @@ pub fn wasm_modules() -> PathBuf {
 /// `cpushare.toml` boots it with `cmdline`; returns the ISO's path.
 pub fn test_guest_iso(name: &str, cmdline: &str) -> PathBuf {
     let out = bin_dir().join("test-guest");
-    let lock = bin_dir().join("test-guest.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .expect("lock file");
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor `file` keeps open until this returns.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "could not lock {}", lock.display());
+    let _lock = BuildLock::take("test-guest");
     let dir = repo_root().join("guest-images/test-guest");
     if !out.join("guest.elf").exists() {
         let status = Command::new("bash")

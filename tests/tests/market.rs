@@ -244,34 +244,13 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
     let broker = Broker::start(None);
     let mut seller = Seller::start(&broker, "flaky", 1, "0.001");
     let buyer = Buyer::login(&broker, "b", "1");
-    let mut run = buyer
-        .cmd()
-        .args([
-            "--json",
-            "run",
-            wasm.join("spin.wasm").to_str().unwrap(),
-            "--minutes",
-            "3",
-            "--retries",
-            "0",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let spin = wasm.join("spin.wasm");
+    let mut run = spawn_run(
+        &buyer,
+        &[spin.to_str().unwrap(), "--minutes", "3", "--retries", "0"],
+    );
     // Wait until the lease runs, then kill the seller without warning.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let leases = buyer.json("leases");
-        if leases[0]["state"] == "running" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lease never started: {leases}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_running(&buyer, 1);
     seller.proc.kill();
     let out = wait_with_timeout(&mut run, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
@@ -281,6 +260,36 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
     assert_eq!(broker.balance("user:b"), 1_000_000 - 1000);
     let leases = buyer.json("leases");
     assert_eq!(leases[0]["end"], "seller lost");
+}
+
+/// Starts `cpushare --json run ARGS` in the background, output piped.
+fn spawn_run(buyer: &Buyer, args: &[&str]) -> std::process::Child {
+    buyer
+        .cmd()
+        .args(["--json", "run"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the buyer has `count` leases and the newest is running;
+/// returns the leases listing.
+fn wait_running(buyer: &Buyer, count: usize) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leases = buyer.json("leases");
+        let n = leases.as_array().map_or(0, Vec::len);
+        if n == count && leases[0]["state"] == "running" {
+            return leases;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no running lease #{count}: {leases}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> std::process::Output {
@@ -321,29 +330,12 @@ fn cancelling_a_running_job_stops_it_and_bills_the_started_minute() {
     let broker = Broker::start(None);
     let _s = Seller::start(&broker, "s", 1, "0.001");
     let buyer = Buyer::login(&broker, "b", "1");
-    let mut run = buyer
-        .cmd()
-        .args([
-            "--json",
-            "run",
-            wasm.join("spin.wasm").to_str().unwrap(),
-            "--minutes",
-            "5",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let order = loop {
-        let orders = buyer.json("orders");
-        let leases = buyer.json("leases");
-        if leases.as_array().is_some_and(|l| !l.is_empty()) && leases[0]["state"] == "running" {
-            break orders[0]["id"].as_str().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "lease never started");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let spin = wasm.join("spin.wasm");
+    let mut run = spawn_run(&buyer, &[spin.to_str().unwrap(), "--minutes", "5"]);
+    let order = wait_running(&buyer, 1)[0]["order"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = buyer.run(&["cancel", &order]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = wait_with_timeout(&mut run, Duration::from_secs(30));
@@ -359,47 +351,21 @@ fn work_whose_seller_vanishes_is_placed_again_on_another_seller() {
     let mut a = Seller::start(&broker, "seller-a", 1, "0.001");
     let mut b = Seller::start(&broker, "seller-b", 1, "0.001");
     let buyer = Buyer::login(&broker, "b", "1");
-    let mut run = buyer
-        .cmd()
-        .args([
-            "--json",
-            "run",
-            wasm.join("busy.wasm").to_str().unwrap(),
-            "--",
-            "4",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let leases = buyer.json("leases");
-        if leases[0]["state"] == "running" {
-            break leases[0]["seller"].as_str().unwrap().to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "lease never started: {leases}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let busy = wasm.join("busy.wasm");
+    let mut run = spawn_run(&buyer, &[busy.to_str().unwrap(), "--", "4"]);
+    let first = wait_running(&buyer, 1)[0]["seller"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let killed_at = std::time::Instant::now();
     match first.as_str() {
         "seller-a" => a.proc.kill(),
         _ => b.proc.kill(),
     }
-    let rerun = loop {
-        let leases = buyer.json("leases");
-        if leases.as_array().unwrap().len() == 2 && leases[0]["state"] == "running" {
-            break leases[0]["seller"].as_str().unwrap().to_string();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(30),
-            "work never placed again: {leases}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let rerun = wait_running(&buyer, 2)[0]["seller"]
+        .as_str()
+        .unwrap()
+        .to_string();
     println!(
         "seller loss to job running again elsewhere: {:.1} s",
         killed_at.elapsed().as_secs_f64()
