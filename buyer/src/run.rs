@@ -97,7 +97,7 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
             wait_secs: Some(a.wait_secs),
             follow: true,
         };
-        let at = attempt(client, req, t0, &mut first_output).await?;
+        let at = attempt(client, req, kind == SandboxKind::Vm, t0, &mut first_output).await?;
         total_cost = total_cost.checked_add(at.cost).unwrap_or(total_cost);
         total_refunded = total_refunded
             .checked_add(at.refunded)
@@ -137,16 +137,50 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends what is typed on stdin to the order's consoles until EOF.
+async fn forward_stdin(mut send: quinn::SendStream) {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 4096];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0
+            || frame::write(&mut send, &Request::Data(buf[..n].to_vec()))
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
 /// Places the order once and follows it to its close.
 async fn attempt(
     client: &Client,
     req: BuyRequest,
+    console: bool,
     t0: Instant,
     first_output: &mut Option<f64>,
 ) -> anyhow::Result<Attempt> {
     let (mut send, mut recv) = client.open().await?;
     frame::write(&mut send, &Request::Buy(req)).await?;
-    send.finish()?;
+    // A VM's console takes what we type; a wasm job got its stdin up front.
+    let typing = if console {
+        Some(tokio::spawn(forward_stdin(send)))
+    } else {
+        send.finish()?;
+        None
+    };
+    let _stop_typing = typing.map(|t| AbortOnDrop(t.abort_handle()));
     let mut code = 0;
     let mut lost = 0;
     let stdout = std::io::stdout();

@@ -344,7 +344,8 @@ pub enum Request {
         /// Where these bytes start (resuming an earlier upload).
         offset: u64,
     },
-    /// A chunk of an upload (at most [`CHUNK`] bytes).
+    /// A chunk of an upload (at most [`CHUNK`] bytes), or, on a followed
+    /// buy order's stream, input typed for its leases' consoles.
     Data(Vec<u8>),
     /// Download an image from `offset`.
     Fetch {
@@ -597,6 +598,13 @@ pub enum BrokerMsg {
     },
     /// The session is refused or ends.
     Error(ErrorReply),
+    /// Input typed by the buyer for a lease's console (VM leases).
+    Input {
+        /// Lease id.
+        lease: String,
+        /// Bytes for the guest's serial console.
+        data: Vec<u8>,
+    },
 }
 
 #[cfg(test)]

@@ -101,3 +101,40 @@ fn cpushare_vmm_kind() -> Kind {
         Kind::Other
     }
 }
+
+#[test]
+fn what_the_buyer_types_reaches_the_guest_console() {
+    use std::io::Write;
+    let iso = test_guest_iso("e2e-read", "hello read exit 0");
+    let broker = Broker::start(None);
+    let _seller = Seller::start_with(
+        &broker,
+        "console-seller",
+        1,
+        "0.001",
+        &["--kinds", "vm", "--allow-software-kvm"],
+    );
+    let buyer = Buyer::login(&broker, "typist", "1");
+    let mut child = buyer
+        .cmd()
+        .args(["run", iso.to_str().unwrap(), "--mem", "64M"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed by the buyer\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("typed by the buyer"),
+        "the guest must echo the typed line: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -163,6 +163,26 @@ impl Market {
         );
     }
 
+    /// Forwards input the buyer typed to the consoles of `buyer`'s running
+    /// leases of order `key`.
+    pub fn lease_input(&self, buyer: &str, key: &str, data: &[u8]) {
+        let Some((&order, _)) = self
+            .buys
+            .iter()
+            .find(|(_, b)| b.key == key && b.buyer == buyer)
+        else {
+            return;
+        };
+        for l in self.leases.values().filter(|l| l.buy == order) {
+            if let Some(s) = self.sells.get(&l.sell) {
+                let _ = s.session.send(BrokerMsg::Input {
+                    lease: l.key.clone(),
+                    data: data.to_vec(),
+                });
+            }
+        }
+    }
+
     /// Tells the seller to stop a lease now.
     pub(super) fn stop_lease(&mut self, lease: &str) {
         let Some(l) = self.leases.get_mut(lease) else {

@@ -4,7 +4,7 @@
 use super::{now, refuse, Shared};
 use cpushare_proto::frame;
 use cpushare_proto::identity::Peer;
-use cpushare_proto::msg::{BuyRequest, ErrorCode, Response};
+use cpushare_proto::msg::{BuyRequest, ErrorCode, Request, Response, CHUNK};
 use tokio::sync::mpsc;
 
 pub(super) async fn buy(
@@ -13,6 +13,7 @@ pub(super) async fn buy(
     peer: &Peer,
     req: BuyRequest,
     mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let Some(image_len) = shared.blobs.complete_len(&req.image) else {
         let r = refuse(
@@ -54,8 +55,19 @@ pub(super) async fn buy(
         send.finish()?;
         return Ok(());
     }
+    // The buyer may keep its half open to type into its leases' consoles.
+    let mut input_open = true;
     loop {
         tokio::select! {
+            input = frame::read::<Request, _>(&mut recv), if input_open => {
+                match input {
+                    Ok(Some(Request::Data(data))) if data.len() <= CHUNK => {
+                        shared.market.lock().await.lease_input(&peer.name, &key, &data);
+                    }
+                    // End of input (or junk): stop listening, keep following.
+                    _ => input_open = false,
+                }
+            }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 let last = matches!(msg, Response::OrderClosed { .. });

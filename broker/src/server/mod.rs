@@ -237,7 +237,7 @@ async fn serve_stream(
             if let Some(r) = need(&peer, Role::Buyer) {
                 r
             } else {
-                return buyer::buy(&shared, &conn, &peer, req, send).await;
+                return buyer::buy(&shared, &conn, &peer, req, send, recv).await;
             }
         }
         Request::Sell(offer) => {

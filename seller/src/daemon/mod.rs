@@ -42,6 +42,9 @@ pub struct SellerConfig {
 struct Running {
     lease: Lease,
     stop: Arc<StopSignal>,
+    /// Where the buyer's typed input goes (VM consoles); dropped with the
+    /// lease, which ends the console's input.
+    console: Option<std::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// Tells a lease's supervisor that the broker (or a lost session) ended it.
@@ -204,6 +207,11 @@ async fn session(
                     }
                 }
             }
+            BrokerMsg::Input { lease, data } => {
+                if let Some(console) = lock(&leases).get(&lease).and_then(|r| r.console.as_ref()) {
+                    let _ = console.send(data);
+                }
+            }
             BrokerMsg::Welcome { .. } => {}
             BrokerMsg::Error(e) => break Err(anyhow::anyhow!("the broker ended the session: {e}")),
         }
@@ -239,11 +247,19 @@ fn report(ctx: &Ctx, id: &str, end: LeaseEnd) {
 
 fn start(ctx: &Ctx, spec: LeaseSpec) {
     let stop = Arc::new(StopSignal::default());
+    let (console, console_rx) = match spec.kind {
+        SandboxKind::Vm => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            (Some(tx), Some(rx))
+        }
+        SandboxKind::Wasm => (None, None),
+    };
     lock(&ctx.leases).insert(
         spec.lease.clone(),
         Running {
             lease: Lease::new(),
             stop: stop.clone(),
+            console,
         },
     );
     tracing::info!(lease = %spec.lease, buyer = %spec.buyer, kind = %spec.kind, "lease assigned");
@@ -266,7 +282,7 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
             SandboxKind::Vm => {
                 // The VMM reads the ISO from the image cache, not from memory.
                 drop(bytes);
-                vm_job::run(&ctx, &spec, stop).await
+                vm_job::run(&ctx, &spec, stop, console_rx).await
             }
         };
         if let Action::Report(end) = step(&ctx.leases, &id, LeaseEvent::SandboxExited(end)) {

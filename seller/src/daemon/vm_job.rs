@@ -33,8 +33,35 @@ impl Write for Console {
     }
 }
 
+/// The buyer's typed input, read by the VMM's console thread; ends (EOF)
+/// when the lease's sender is dropped.
+struct ConsoleInput {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+}
+
+impl std::io::Read for ConsoleInput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            match self.rx.recv() {
+                Ok(data) => self.pending = data,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
 /// Boots the lease's ISO (already in the image cache) and runs it to its end.
-pub(super) async fn run(ctx: &Ctx, spec: &LeaseSpec, stop: Arc<StopSignal>) -> LeaseEnd {
+pub(super) async fn run(
+    ctx: &Ctx,
+    spec: &LeaseSpec,
+    stop: Arc<StopSignal>,
+    input: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+) -> LeaseEnd {
     let iso = ctx.cache.path(&spec.image);
     let vcpus = match u8::try_from(spec.cpus) {
         Ok(n) if n > 0 => n,
@@ -63,7 +90,13 @@ pub(super) async fn run(ctx: &Ctx, spec: &LeaseSpec, stop: Arc<StopSignal>) -> L
         lease: spec.lease.clone(),
         out: ctx.out.clone(),
     };
-    let vm = match Vm::new(boot.config, Box::new(console), None) {
+    let input = input.map(|rx| {
+        Box::new(ConsoleInput {
+            rx,
+            pending: Vec::new(),
+        }) as Box<dyn std::io::Read + Send>
+    });
+    let vm = match Vm::new(boot.config, Box::new(console), input) {
         Ok(vm) => vm,
         Err(e) => {
             return LeaseEnd::Failed {
