@@ -12,21 +12,8 @@ use std::path::Path;
 
 /// Content id and size of the file at `path`, hashed in a streaming pass.
 pub fn identify(path: &Path) -> anyhow::Result<(ContentId, u64)> {
-    use sha2::Digest;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((ContentId::from_hasher(h), len))
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    ContentId::of_reader(f).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// Makes sure the broker holds `path` (content id `id`, `len` bytes).

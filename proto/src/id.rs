@@ -32,6 +32,25 @@ impl ContentId {
         ContentId(h.finalize().into())
     }
 
+    /// The id and length of everything `r` yields, read in 1 MiB chunks
+    /// (images can be far larger than memory should hold at once).
+    pub fn of_reader(mut r: impl std::io::Read) -> std::io::Result<(ContentId, u64)> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok((ContentId(h.finalize().into()), len))
+    }
+
     /// All 64 hex digits.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
@@ -86,6 +105,14 @@ mod tests {
         assert_eq!(id.hex().parse::<ContentId>().unwrap(), id);
         assert_eq!(format!("K-{}", id.hex()).parse::<ContentId>().unwrap(), id);
         assert!(id.short().starts_with("K-2cf24dba"));
+    }
+
+    #[test]
+    fn reader_and_bytes_agree() {
+        let data = vec![7u8; (1 << 20) + 5];
+        let (id, len) = ContentId::of_reader(&data[..]).unwrap();
+        assert_eq!(id, ContentId::of(&data));
+        assert_eq!(len, data.len() as u64);
     }
 
     #[test]

@@ -5,9 +5,8 @@
 //! edits the directory, costs a re-download, never a wrong image.
 
 use cpushare_proto::id::ContentId;
-use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,9 +38,6 @@ pub struct ImageCache {
     dir: PathBuf,
     temp_seq: AtomicU64,
 }
-
-/// Read size when hashing a file by streaming.
-const HASH_CHUNK: usize = 1 << 20;
 
 impl ImageCache {
     /// Opens (creating if needed) the cache rooted at `dir`.
@@ -140,17 +136,7 @@ impl ImageCache {
 
 /// The content id of the file at `path`, read in bounded chunks.
 fn hash_file(path: &Path) -> io::Result<ContentId> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_CHUNK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(ContentId::from_hasher(hasher))
+    ContentId::of_reader(File::open(path)?).map(|(id, _)| id)
 }
 
 #[cfg(test)]
@@ -208,7 +194,7 @@ mod tests {
     fn put_file_verifies_by_streaming_and_moves_the_file() {
         let (dir, cache) = cache();
         // Larger than one hash chunk so the streaming loop runs more than once.
-        let bytes: Vec<u8> = (0..(HASH_CHUNK * 2 + 17)).map(|i| i as u8).collect();
+        let bytes: Vec<u8> = (0..((1usize << 20) * 2 + 17)).map(|i| i as u8).collect();
         let id = ContentId::of(&bytes);
         let tmp = dir.path().join("images").join("download.part");
         fs::write(&tmp, &bytes).unwrap();

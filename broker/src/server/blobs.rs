@@ -7,7 +7,6 @@
 use cpushare_proto::frame;
 use cpushare_proto::id::ContentId;
 use cpushare_proto::msg::{ErrorCode, ErrorReply, Request, Response, CHUNK, MAX_IMAGE};
-use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -168,15 +167,9 @@ impl Blobs {
 }
 
 async fn hash_file(path: &std::path::Path) -> std::io::Result<ContentId> {
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(ContentId::from_hasher(h))
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || ContentId::of_reader(std::fs::File::open(path)?))
+        .await
+        .map_err(std::io::Error::other)?
+        .map(|(id, _)| id)
 }

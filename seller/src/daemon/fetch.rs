@@ -6,7 +6,6 @@ use cpushare_proto::client::ClientError;
 use cpushare_proto::frame;
 use cpushare_proto::id::ContentId;
 use cpushare_proto::msg::{Request, Response, MAX_IMAGE};
-use sha2::{Digest, Sha256};
 
 /// Returns the bytes of image `id` (`len` bytes), fetching and caching it
 /// if needed.
@@ -25,7 +24,7 @@ pub async fn image(
         return Err(format!("image is {len} bytes, over the {MAX_IMAGE} limit"));
     }
     let bytes = download(conn, id, len).await.map_err(|e| e.to_string())?;
-    let got = ContentId::from_hasher(Sha256::new_with_prefix(&bytes));
+    let got = ContentId::of(&bytes);
     if got != id {
         return Err(format!("image from the broker hashes to {got}, not {id}"));
     }
