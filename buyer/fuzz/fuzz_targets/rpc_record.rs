@@ -6,14 +6,9 @@ use cpushare_buyer::share::rpc::read_record;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let mut input = data;
-        let mut buf = Vec::new();
-        while read_record(&mut input, &mut buf, 4096).await.is_ok() {
-            assert!(buf.len() <= 4096);
-        }
-    });
+    let mut input = data;
+    let mut buf = Vec::new();
+    while read_record(&mut input, &mut buf, 4096).is_ok() {
+        assert!(buf.len() <= 4096);
+    }
 });

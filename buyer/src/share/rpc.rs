@@ -1,8 +1,8 @@
 //! ONC RPC v2 (RFC 5531) call headers and reply envelopes, and TCP record
 //! marking with a hard bound on record size.
 
+use std::io::Read;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::xdr::{XdrError, XdrReader, XdrWriter};
 
@@ -137,21 +137,19 @@ pub fn fragment_header(word: u32) -> (bool, usize) {
 
 /// Reads one whole record (all its fragments) into `buf`, refusing
 /// records over `max` bytes before allocating for them.
-pub async fn read_record<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> Result<(), RecordError> {
+pub fn read_record<R: Read>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> Result<(), RecordError> {
     buf.clear();
     loop {
-        let (last, len) = fragment_header(r.read_u32().await?);
+        let mut word = [0u8; 4];
+        r.read_exact(&mut word)?;
+        let (last, len) = fragment_header(u32::from_be_bytes(word));
         let total = buf.len() + len;
         if total > max {
             return Err(RecordError::TooLarge { len: total, max });
         }
         // Read into spare capacity: no zero-filling of up to 1 MiB per
         // record, and the caller's buffer is reused between records.
-        let got = (&mut *r).take(len as u64).read_to_end(buf).await?;
+        let got = r.by_ref().take(len as u64).read_to_end(buf)?;
         if got != len {
             return Err(RecordError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -208,42 +206,36 @@ mod tests {
         assert_eq!(err, (7, RpcError::BadRpcVersion(3)));
     }
 
-    #[tokio::test]
-    async fn oversized_fragment_is_refused_before_buffering() {
+    #[test]
+    fn oversized_fragment_is_refused_before_buffering() {
         let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         let mut buf = Vec::new();
-        let err = read_record(&mut input, &mut buf, MAX_RECORD)
-            .await
-            .unwrap_err();
+        let err = read_record(&mut input, &mut buf, MAX_RECORD).unwrap_err();
         assert!(matches!(err, RecordError::TooLarge { .. }));
         assert!(buf.capacity() < MAX_RECORD);
     }
 
-    #[tokio::test]
-    async fn many_small_fragments_still_hit_the_bound() {
+    #[test]
+    fn many_small_fragments_still_hit_the_bound() {
         let mut input = Vec::new();
         for _ in 0..10 {
             input.extend_from_slice(&100u32.to_be_bytes());
             input.extend_from_slice(&[0; 100]);
         }
         let mut buf = Vec::new();
-        let err = read_record(&mut input.as_slice(), &mut buf, 500)
-            .await
-            .unwrap_err();
+        let err = read_record(&mut input.as_slice(), &mut buf, 500).unwrap_err();
         assert!(matches!(err, RecordError::TooLarge { len: 600, max: 500 }));
     }
 
-    #[tokio::test]
-    async fn reassembles_fragments() {
+    #[test]
+    fn reassembles_fragments() {
         let mut input = Vec::new();
         input.extend_from_slice(&2u32.to_be_bytes());
         input.extend_from_slice(b"ab");
         input.extend_from_slice(&(0x8000_0001u32).to_be_bytes());
         input.extend_from_slice(b"c");
         let mut buf = Vec::new();
-        read_record(&mut input.as_slice(), &mut buf, 10)
-            .await
-            .unwrap();
+        read_record(&mut input.as_slice(), &mut buf, 10).unwrap();
         assert_eq!(buf, b"abc");
     }
 

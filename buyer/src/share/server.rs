@@ -1,16 +1,19 @@
-//! The tokio shell: accepts TCP connections from allowed addresses, reads
-//! bounded RPC records, runs each on the blocking pool, writes replies.
+//! The shell around [`ShareService`]: a tokio task accepts TCP connections
+//! from allowed addresses; each connection then runs on its own OS thread
+//! with blocking I/O (read a bounded record, run it, write the reply), the
+//! model of knfsd and ganesha, with no task or thread hand-off per call.
+//! Calls that wait on the disk (COMMIT, stable WRITE) go to a second
+//! thread of the connection so they do not hold up the calls behind them.
 //! NFS, MOUNT and GETPORT share one port.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::RuntimeFlavor;
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::allow::AllowList;
@@ -22,8 +25,8 @@ use super::xdr::{XdrReader, XdrWriter};
 
 /// Most client connections served at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 32;
-/// Most requests of one connection being executed at once. With
-/// [`MAX_RECORD`] this bounds a connection's buffers to about 5 MiB.
+/// Most disk-waiting requests of one connection queued at once. With
+/// [`MAX_RECORD`] this bounds a connection's buffers to about 8 MiB.
 pub const MAX_IN_FLIGHT: usize = 4;
 
 /// Why the share server could not start.
@@ -108,17 +111,29 @@ impl Drop for ShareServer {
     }
 }
 
+/// Live connections, so that stopping the server can close them.
+#[derive(Default)]
+struct Connections {
+    next: u64,
+    open: Vec<(u64, TcpStream)>,
+}
+
+type Registry = Arc<Mutex<Connections>>;
+
+fn lock(reg: &Registry) -> std::sync::MutexGuard<'_, Connections> {
+    reg.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 async fn accept_loop(
     listener: TcpListener,
     service: Arc<ShareService>,
     allow: AllowList,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut conns = JoinSet::new();
+    let registry: Registry = Arc::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -132,22 +147,56 @@ async fn accept_loop(
                     warn!(%peer, "refused NFS connection from an address not on the allow list");
                     continue;
                 }
-                if conns.len() >= MAX_CONNECTIONS {
-                    warn!(%peer, "refused NFS connection: {MAX_CONNECTIONS} already open");
-                    continue;
+                if let Err(e) = start_connection(stream, peer, &service, &registry) {
+                    warn!(%peer, "refused NFS connection: {e}");
                 }
-                let _ = stream.set_nodelay(true);
-                conns.spawn(serve_connection(stream, peer, service.clone()));
             }
         }
     }
-    conns.shutdown().await;
+    for (_, s) in lock(&registry).open.drain(..) {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+fn start_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: &Arc<ShareService>,
+    registry: &Registry,
+) -> std::io::Result<()> {
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    let _ = stream.set_nodelay(true);
+    let id = {
+        let mut reg = lock(registry);
+        if reg.open.len() >= MAX_CONNECTIONS {
+            return Err(std::io::Error::other(format!(
+                "{MAX_CONNECTIONS} connections already open"
+            )));
+        }
+        reg.next += 1;
+        let id = reg.next;
+        reg.open.push((id, stream.try_clone()?));
+        id
+    };
+    let (svc, reg) = (service.clone(), registry.clone());
+    let spawned = std::thread::Builder::new()
+        .name("nfs-conn".into())
+        .spawn(move || {
+            serve_connection(stream, peer, &svc);
+            lock(&reg).open.retain(|(i, _)| *i != id);
+        });
+    if let Err(e) = spawned {
+        lock(registry).open.retain(|(i, _)| *i != id);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Buffers of up to [`MAX_RECORD`] bytes reused across the requests and
 /// replies of one connection, so steady traffic allocates nothing.
 #[derive(Clone, Default)]
-struct BufPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl BufPool {
     fn take(&self) -> Vec<u8> {
@@ -167,12 +216,12 @@ impl BufPool {
     }
 }
 
-/// Whether a request should leave the connection's task: COMMIT and
+/// Whether a request should leave the connection's thread: COMMIT and
 /// stable WRITEs wait on the disk and must not hold up the requests
 /// behind them. Everything else runs inline: measured against running
-/// large READs and WRITEs on the blocking pool in parallel, inline was
-/// as fast for READ and about 1.5x faster for sequential WRITE (parallel
-/// writers to one file contend on its inode lock and cost thread wake-ups).
+/// large READs and WRITEs in parallel, inline was as fast for READ and
+/// faster for sequential WRITE (parallel writers to one file contend on
+/// its inode lock and cost thread wake-ups).
 fn offload(record: &[u8]) -> bool {
     let mut r = XdrReader::new(record);
     let Ok(call) = rpc::parse_call(&mut r) else {
@@ -196,71 +245,83 @@ fn offload(record: &[u8]) -> bool {
     }
 }
 
-fn process(service: &ShareService, record: &[u8], pool: &BufPool) -> Option<Vec<u8>> {
+/// Runs one record and writes its reply (if any) under the writer lock.
+fn answer(
+    service: &ShareService,
+    record: &[u8],
+    pool: &BufPool,
+    out: &Mutex<TcpStream>,
+) -> std::io::Result<()> {
     let mut w = XdrWriter { buf: pool.take() };
     w.u32(0); // record mark, patched below
-    if service.dispatch(record, &mut w) {
+    let res = if service.dispatch(record, &mut w) {
         finish_record(&mut w.buf);
-        Some(w.buf)
+        out.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(&w.buf)
     } else {
-        pool.give(w.buf);
-        None
-    }
+        Ok(())
+    };
+    pool.give(w.buf);
+    res
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, service: Arc<ShareService>) {
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+fn serve_connection(stream: TcpStream, peer: SocketAddr, service: &Arc<ShareService>) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut rd = BufReader::with_capacity(64 * 1024, read_half);
+    let out = Arc::new(Mutex::new(stream));
     let pool = BufPool::default();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT);
-    let writer_pool = pool.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(buf) = rx.recv().await {
-            let res = wr.write_all(&buf).await;
-            writer_pool.give(buf);
-            if res.is_err() {
-                break;
-            }
-        }
-    });
-    // Most requests are short: run them right here (block_in_place keeps
-    // the runtime's other tasks moving) and skip two thread hand-offs per
-    // call. A current-thread runtime cannot do that, so there everything
-    // goes to the blocking pool.
-    let multi_thread =
-        tokio::runtime::Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread;
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let (slow_tx, slow_rx) = sync_channel::<Vec<u8>>(MAX_IN_FLIGHT);
+    let slow = {
+        let (service, pool, out) = (service.clone(), pool.clone(), out.clone());
+        std::thread::Builder::new()
+            .name("nfs-slow".into())
+            .spawn(move || slow_calls(slow_rx, &service, &pool, &out))
+    };
+    let Ok(slow) = slow else { return };
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
         let mut record = pool.take();
-        if let Err(e) = read_record(&mut rd, &mut record, MAX_RECORD).await {
+        if let Err(e) = read_record(&mut rd, &mut record, MAX_RECORD) {
             debug!(%peer, "closing NFS connection: {e}");
             break;
         }
-        if multi_thread && !offload(&record) {
-            let reply = tokio::task::block_in_place(|| process(&service, &record, &pool));
-            pool.give(record);
-            drop(permit);
-            if let Some(reply) = reply {
-                if tx.send(reply).await.is_err() {
-                    break;
-                }
+        if offload(&record) {
+            if slow_tx.send(record).is_err() {
+                break;
             }
             continue;
         }
-        let service = service.clone();
-        let tx = tx.clone();
-        let pool = pool.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Some(reply) = process(&service, &record, &pool) {
-                let _ = tx.blocking_send(reply);
-            }
-            pool.give(record);
-            drop(permit);
-        });
+        let res = answer(service, &record, &pool, &out);
+        pool.give(record);
+        if res.is_err() {
+            break;
+        }
     }
-    drop(tx);
-    let _ = writer.await;
+    drop(slow_tx);
+    let _ = slow.join();
+    let _ = out
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .shutdown(Shutdown::Both);
+}
+
+fn slow_calls(
+    rx: Receiver<Vec<u8>>,
+    service: &ShareService,
+    pool: &BufPool,
+    out: &Mutex<TcpStream>,
+) {
+    while let Ok(record) = rx.recv() {
+        let res = answer(service, &record, pool, out);
+        pool.give(record);
+        if res.is_err() {
+            let _ = out
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .shutdown(Shutdown::Both);
+            return;
+        }
+    }
 }
