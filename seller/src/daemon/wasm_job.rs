@@ -95,11 +95,7 @@ async fn supervise(
         Ok(cg) => cg,
         Err(e) => return failed(format!("seller could not create the lease's cgroup: {e}")),
     };
-    let mut env = Vec::new();
-    #[cfg(debug_assertions)]
-    if let Ok(attack) = std::env::var(crate::jail::attack::ENV) {
-        env.push((crate::jail::attack::ENV.to_string(), attack));
-    }
+    let env = attack_env();
     let spawn = SpawnSpec {
         exe: ctx.jail.exe.clone(),
         jail_root: ctx.jail.root.clone(),
@@ -128,6 +124,17 @@ async fn supervise(
     let reported = drive(ctx, spec, &mut sandbox, wasm, compiled, job, stop, wall).await;
     let death = sandbox.reap(reported).await;
     verdict::lease_end(&death, spec.mem_mib)
+}
+
+/// Debug builds pass the attack hook of the daemon's environment on to
+/// the sandbox (tests drive it through a real daemon); release builds
+/// give the sandbox an empty environment.
+fn attack_env() -> Vec<(String, String)> {
+    #[cfg(debug_assertions)]
+    if let Ok(attack) = std::env::var(crate::jail::attack::ENV) {
+        return vec![(crate::jail::attack::ENV.to_string(), attack)];
+    }
+    Vec::new()
 }
 
 /// Feeds the sandbox and forwards its events until it ends; returns the

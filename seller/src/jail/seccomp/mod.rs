@@ -194,6 +194,27 @@ mod tests {
     }
 
     #[test]
+    fn filters_stay_small() {
+        // Sizes quoted in docs/SECCOMP.md; growing a list needs a reason there.
+        for (role, max_calls) in [
+            (Role::Waiter, 6),
+            (Role::WasmJob, 64),
+            (Role::WasmHelper, 20),
+        ] {
+            let (calls, insns) = size(role).unwrap();
+            println!(
+                "{}: {calls} syscalls, {insns} BPF instructions",
+                role.name()
+            );
+            assert!(
+                calls <= max_calls,
+                "{} allows {calls} syscalls",
+                role.name()
+            );
+        }
+    }
+
+    #[test]
     fn the_job_may_not_open_sockets_exec_or_mount() {
         let job = rules::wasm_job();
         for nr in [
