@@ -154,6 +154,59 @@ where
     Ok(())
 }
 
+/// Writes one frame to a blocking writer (the seller's pipes to its
+/// sandbox children).
+pub fn write_blocking<T: Serialize, W: std::io::Write>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    w.write_all(&encode(msg)?)?;
+    Ok(())
+}
+
+/// Reads one frame from a blocking reader; `Ok(None)` on a clean end of
+/// stream before a header.
+pub fn read_blocking<T: DeserializeOwned, R: std::io::Read>(
+    r: &mut R,
+) -> Result<Option<T>, FrameError> {
+    let mut buf = vec![0u8; HEADER_LEN];
+    let got = read_full(r, &mut buf)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < HEADER_LEN {
+        return Err(FrameError::Truncated {
+            want: HEADER_LEN,
+            got,
+        });
+    }
+    let header: [u8; HEADER_LEN] = buf[..].try_into().expect("HEADER_LEN bytes");
+    let len = check_header(&header)?;
+    buf.resize(HEADER_LEN + len, 0);
+    let got = HEADER_LEN + read_full(r, &mut buf[HEADER_LEN..])?;
+    if got < buf.len() {
+        return Err(FrameError::Truncated {
+            want: buf.len(),
+            got,
+        });
+    }
+    Ok(Some(decode(&buf)?.0))
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +285,30 @@ mod tests {
         assert!(matches!(
             read::<Msg, _>(&mut r).await,
             Err(FrameError::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn blocking_read_matches_the_async_one() {
+        let mut bytes = Vec::new();
+        write_blocking(&mut bytes, &Msg::Ping(5)).unwrap();
+        write_blocking(&mut bytes, &Msg::Blob(vec![1, 2, 3])).unwrap();
+        let mut r = &bytes[..];
+        assert_eq!(read_blocking::<Msg, _>(&mut r).unwrap(), Some(Msg::Ping(5)));
+        assert_eq!(
+            read_blocking::<Msg, _>(&mut r).unwrap(),
+            Some(Msg::Blob(vec![1, 2, 3]))
+        );
+        assert_eq!(read_blocking::<Msg, _>(&mut r).unwrap(), None);
+        // Ping(5) is 7 bytes; the Blob frame after it is 10, cut after 5.
+        let mut cut = &bytes[..12];
+        assert_eq!(
+            read_blocking::<Msg, _>(&mut cut).unwrap(),
+            Some(Msg::Ping(5))
+        );
+        assert!(matches!(
+            read_blocking::<Msg, _>(&mut cut),
+            Err(FrameError::Truncated { want: 10, got: 5 })
         ));
     }
 

@@ -6,12 +6,10 @@
 //! then the job, then at most a stop. The child writes [`FromSandbox`]:
 //! ready once confined, output as the guest writes it, then its end. The
 //! child has no async runtime (it must stay single-threaded until it is
-//! confined), so blocking readers and writers live here too.
+//! confined), so it uses the blocking readers and writers of [`crate::frame`].
 
-use crate::frame::{self, FrameError, HEADER_LEN};
 use crate::msg::StdStream;
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::io::{Read, Write};
+use serde::{Deserialize, Serialize};
 
 /// Largest piece of module or compiled code in one [`ToSandbox`] frame.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -98,46 +96,12 @@ pub enum SandboxEnd {
     },
 }
 
-/// Writes one frame to a blocking writer.
-pub fn write_blocking<T: Serialize, W: Write>(w: &mut W, msg: &T) -> Result<(), FrameError> {
-    let bytes = frame::encode(msg)?;
-    w.write_all(&bytes)?;
-    Ok(())
-}
-
-/// Reads one frame from a blocking reader; `Ok(None)` on a clean end of
-/// stream before a header.
-pub fn read_blocking<T: DeserializeOwned, R: Read>(r: &mut R) -> Result<Option<T>, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        let n = r.read(&mut header[got..])?;
-        if n == 0 {
-            if got == 0 {
-                return Ok(None);
-            }
-            return Err(FrameError::Truncated {
-                want: HEADER_LEN,
-                got,
-            });
-        }
-        got += n;
-    }
-    let len = frame::check_header(&header)?;
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)
-        .map_err(|_| FrameError::Truncated {
-            want: HEADER_LEN + len,
-            got: HEADER_LEN,
-        })?;
-    let mut whole = header.to_vec();
-    whole.extend_from_slice(&payload);
-    Ok(Some(frame::decode(&whole)?.0))
-}
+pub use crate::frame::{read_blocking, write_blocking};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FrameError;
 
     #[test]
     fn blocking_frames_round_trip() {
