@@ -69,6 +69,17 @@ pub enum SandboxKind {
 }
 
 impl SandboxKind {
+    /// Every kind, in [`SandboxKind::index`] order.
+    pub const ALL: [SandboxKind; 2] = [SandboxKind::Wasm, SandboxKind::Vm];
+
+    /// Dense index for per-kind tables (the order book's).
+    pub const fn index(self) -> usize {
+        match self {
+            SandboxKind::Wasm => 0,
+            SandboxKind::Vm => 1,
+        }
+    }
+
     /// Lower-case name: `wasm` or `vm`.
     pub fn as_str(&self) -> &'static str {
         match self {

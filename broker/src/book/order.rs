@@ -10,28 +10,8 @@ use serde::{Deserialize, Serialize};
 )]
 pub struct OrderId(pub u64);
 
-/// The kind of sandbox a lease runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SandboxKind {
-    /// A WebAssembly module run in wasmtime.
-    Wasm,
-    /// A live ISO booted in the seller's KVM microVMM.
-    Vm,
-}
-
-impl SandboxKind {
-    /// Every kind, in index order.
-    pub const ALL: [SandboxKind; 2] = [SandboxKind::Wasm, SandboxKind::Vm];
-
-    /// Dense index for per-kind tables.
-    pub(crate) const fn index(self) -> usize {
-        match self {
-            SandboxKind::Wasm => 0,
-            SandboxKind::Vm => 1,
-        }
-    }
-}
+/// The sandbox kinds are the wire type: orders carry what the protocol says.
+pub use cpushare_proto::msg::SandboxKind;
 
 /// A seller's standing offer of capacity; each fill takes one instance's
 /// cpus and memory from it until `release` gives them back.

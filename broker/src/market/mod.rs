@@ -227,26 +227,6 @@ impl Market {
     }
 }
 
-/// The book keeps its own kind type (a dense index for its tables); these
-/// convert at the market's edge.
-impl From<SandboxKind> for crate::book::SandboxKind {
-    fn from(k: SandboxKind) -> Self {
-        match k {
-            SandboxKind::Wasm => crate::book::SandboxKind::Wasm,
-            SandboxKind::Vm => crate::book::SandboxKind::Vm,
-        }
-    }
-}
-
-impl From<crate::book::SandboxKind> for SandboxKind {
-    fn from(k: crate::book::SandboxKind) -> Self {
-        match k {
-            crate::book::SandboxKind::Wasm => SandboxKind::Wasm,
-            crate::book::SandboxKind::Vm => SandboxKind::Vm,
-        }
-    }
-}
-
 impl From<cpushare_proto::msg::Role> for crate::store::Role {
     fn from(r: cpushare_proto::msg::Role) -> Self {
         match r {

@@ -189,7 +189,7 @@ impl Market {
             mem_mib: req.mem_mib,
             minutes: req.minutes,
             max_price: req.max_price,
-            kind: req.kind.into(),
+            kind: req.kind,
             expires_at_ms: expires,
         };
         let fills = self
@@ -276,7 +276,7 @@ impl Market {
             seller: seller.to_string(),
             cpus: offer.cpus,
             mem_mib: offer.mem_mib,
-            kinds: offer.kinds.iter().map(|&k| k.into()).collect(),
+            kinds: offer.kinds.clone(),
             price: offer.price,
             min_minutes: offer.min_minutes,
             max_minutes: offer.max_minutes,
@@ -601,7 +601,7 @@ impl Market {
             mem_mib: row.mem_mib,
             minutes: row.minutes,
             max_price: row.price,
-            kind: kind.into(),
+            kind,
             expires_at_ms: row.expires_ms,
         };
         if order.instances == 0 {

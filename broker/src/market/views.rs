@@ -36,7 +36,7 @@ impl Market {
         let depth = self.book.depth();
         let level = |side: &str, d: &crate::book::DepthLevel| BookLevel {
             side: side.to_string(),
-            kind: SandboxKind::from(d.kind),
+            kind: d.kind,
             price: d.price,
             cpus: d.cpus,
             orders: d.orders,
