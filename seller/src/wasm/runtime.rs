@@ -174,9 +174,14 @@ impl WasmRuntime {
         config.epoch_interruption(true);
         if allocator == InstanceAllocator::Pooling {
             let mut pool = PoolingAllocationConfig::new();
+            // Every pool sized to the instance count: the defaults (1000
+            // stacks, component instances...) cost a sandbox that runs one
+            // guest milliseconds of mmap/mprotect at start and munmap at exit.
             pool.total_core_instances(cfg.max_instances)
                 .total_memories(cfg.max_instances)
                 .total_tables(cfg.max_instances)
+                .total_stacks(cfg.max_instances)
+                .total_component_instances(cfg.max_instances)
                 .max_memory_size(usize::try_from(slot_bytes).unwrap_or(usize::MAX));
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
