@@ -4,6 +4,8 @@
 //! messages in [`msg`], framed by [`frame`], over connections authenticated
 //! by [`identity`].
 
+pub mod bundle;
+pub mod bytes;
 pub mod client;
 pub mod frame;
 pub mod id;

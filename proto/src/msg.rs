@@ -11,6 +11,7 @@ use crate::id::ContentId;
 use crate::money::Micros;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// Largest job stdin a buy order may carry.
 pub const MAX_STDIN: usize = 1 << 20;
@@ -22,6 +23,38 @@ pub const CHUNK: usize = 1 << 20;
 pub const MAX_IMAGE: u64 = 2 << 30;
 /// Largest WebAssembly module accepted.
 pub const MAX_WASM: u64 = 64 << 20;
+/// Most UDP endpoint candidates one vnet member may register.
+pub const MAX_VNET_ENDPOINTS: usize = 16;
+
+/// One member of a buyer's virtual network, as the broker describes it to
+/// the other members of that network (and only to them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnetMember {
+    /// Its address in the buyer's subnet.
+    pub address: Ipv4Addr,
+    /// Its static X25519 public key, registered over its authenticated connection.
+    pub key: [u8; 32],
+    /// The lease it belongs to; `None` for the buyer's own host.
+    pub lease: Option<String>,
+    /// UDP endpoint candidates: its local addresses and the address the broker observed.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// What one member of a buyer's virtual network needs to run its node;
+/// the broker sends a fresh one whenever the membership changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VnetView {
+    /// The buyer's subnet (network address).
+    pub subnet: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// This member's own address.
+    pub address: Ipv4Addr,
+    /// Key of the member that relays when no direct path exists (the buyer's host).
+    pub relay: Option<[u8; 32]>,
+    /// Every other member.
+    pub peers: Vec<VnetMember>,
+}
 
 /// What a party is allowed to do; written into its certificate by the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,7 +145,58 @@ pub struct JobSpec {
     /// Environment variables.
     pub env: Vec<(String, String)>,
     /// Bytes on the job's standard input (at most [`MAX_STDIN`]).
+    #[serde(with = "crate::bytes")]
     pub stdin: Vec<u8>,
+    /// Directories of the buyer's machine the job sees (wasm jobs: staged
+    /// in and shipped back, see [`ShareSpec`]).
+    #[serde(default)]
+    pub shares: Vec<ShareSpec>,
+}
+
+/// Most shares one job may have.
+pub const MAX_SHARES: usize = 16;
+
+/// One `--share HOST:GUEST[:rw]` of a job, as sellers see it.
+///
+/// For a wasm job a read-only share travels as a bundle
+/// ([`crate::bundle`]) the buyer uploaded by content id, staged into the
+/// guest's filesystem at `guest`; a writable share starts empty, and what
+/// the guest leaves in it is shipped back as [`SellerMsg::Outputs`] when the
+/// job exits with status 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// Absolute path in the guest (`/in`).
+    pub guest: String,
+    /// For a read-only share: the bundle's content id and size.
+    pub input: Option<(ContentId, u64)>,
+    /// Whether the guest writes it (its contents come back to the buyer).
+    pub writable: bool,
+}
+
+impl ShareSpec {
+    /// Checks the guest path: absolute, `/`-separated, no `.`/`..`/empty
+    /// component, at most 255 bytes, not `/` itself nor `/scratch`.
+    pub fn check_guest_path(path: &str) -> Result<(), String> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(format!("guest path `{path}` must be absolute"));
+        };
+        if path.len() > 255 {
+            return Err(format!("guest path `{path}` is longer than 255 bytes"));
+        }
+        if rest.is_empty()
+            || rest
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\0'))
+        {
+            return Err(format!("guest path `{path}` must name a directory below / without `.`, `..` or empty parts"));
+        }
+        if rest == "scratch" || rest.starts_with("scratch/") {
+            return Err(format!(
+                "guest path `{path}` is inside /scratch, which the seller provides"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A buyer's order: `instances` leases of `cpus`/`mem_mib` each.
@@ -138,6 +222,11 @@ pub struct BuyRequest {
     pub wait_secs: Option<u32>,
     /// Keep the stream open and stream the job's events back.
     pub follow: bool,
+    /// Most minutes one lease may reach through sticky renewals with its
+    /// seller (`--renew-up-to`), its first minutes included; `None` (what
+    /// a client that predates the field means) renews nothing.
+    #[serde(default)]
+    pub renew_up_to: Option<u32>,
 }
 
 /// A seller's standing offer of capacity.
@@ -357,7 +446,7 @@ pub enum Request {
     },
     /// A chunk of an upload (at most [`CHUNK`] bytes), or, on a followed
     /// buy order's stream, input typed for its leases' consoles.
-    Data(Vec<u8>),
+    Data(#[serde(with = "crate::bytes")] Vec<u8>),
     /// Download an image from `offset`.
     Fetch {
         /// Content id.
@@ -369,6 +458,22 @@ pub enum Request {
     Buy(BuyRequest),
     /// Post a sell order and open the seller session on this stream.
     Sell(SellOffer),
+    /// Follow one of my buy orders again (after a lost connection or a
+    /// broker restart): answered with [`Response::OrderPlaced`] and then
+    /// the order's events, as for a followed [`Request::Buy`].
+    Follow {
+        /// Order id.
+        order: String,
+    },
+    /// Join my virtual network as its host member (`cpushare net up`): the
+    /// stream stays open and carries a [`Response::Vnet`] on every change;
+    /// closing it leaves the network.
+    VnetJoin {
+        /// The host node's static X25519 public key.
+        key: [u8; 32],
+        /// Local UDP endpoint candidates (at most [`MAX_VNET_ENDPOINTS`]).
+        endpoints: Vec<SocketAddr>,
+    },
 }
 
 /// Aggregated book level for `cpushare book`.
@@ -511,7 +616,7 @@ pub enum Response {
         len: u64,
     },
     /// A chunk of a download.
-    Data(Vec<u8>),
+    Data(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The buy order is in the book; funds are reserved.
     OrderPlaced {
         /// Order id.
@@ -535,6 +640,7 @@ pub enum Response {
         /// Which stream.
         stream: StdStream,
         /// Bytes.
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// A lease ended.
@@ -544,6 +650,16 @@ pub enum Response {
         /// How.
         end: LeaseEnd,
         /// What it cost the buyer.
+        cost: Micros,
+    },
+    /// A running lease was renewed with its seller (sticky renewal): its
+    /// guest goes on, billed minute by minute as before.
+    LeaseRenewed {
+        /// Lease id.
+        lease: String,
+        /// Minutes it is paid for in all now.
+        minutes: u32,
+        /// What it cost the buyer so far (settled minutes).
         cost: Micros,
     },
     /// The buy order is done: all its leases ended, or it was cancelled or expired.
@@ -556,6 +672,17 @@ pub enum Response {
         cost: Micros,
         /// Credits returned to the buyer.
         refunded: Micros,
+    },
+    /// The buyer's virtual network as its host member sees it.
+    Vnet(VnetView),
+    /// Part of the bundle of a lease's writable shares, forwarded from
+    /// [`SellerMsg::Outputs`]; the lease's `LeaseEnded` follows.
+    Outputs {
+        /// Lease id.
+        lease: String,
+        /// Bytes of the bundle.
+        #[serde(with = "crate::bytes")]
+        data: Vec<u8>,
     },
 }
 
@@ -579,6 +706,7 @@ pub enum SellerMsg {
         /// Which stream.
         stream: StdStream,
         /// Bytes.
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// A lease's sandbox is gone.
@@ -587,6 +715,25 @@ pub enum SellerMsg {
         lease: String,
         /// How.
         end: LeaseEnd,
+    },
+    /// Part of the bundle of a wasm lease's writable shares (their
+    /// contents, each under its index: `0/...`, `1/...`), sent before
+    /// `Ended` when the job exited with status 0.
+    Outputs {
+        /// Lease id.
+        lease: String,
+        /// At most [`CHUNK`] bytes of the bundle.
+        #[serde(with = "crate::bytes")]
+        data: Vec<u8>,
+    },
+    /// Join the lease's buyer's virtual network with this node.
+    VnetJoin {
+        /// Lease id.
+        lease: String,
+        /// The lease node's static X25519 public key.
+        key: [u8; 32],
+        /// Local UDP endpoint candidates (at most [`MAX_VNET_ENDPOINTS`]).
+        endpoints: Vec<SocketAddr>,
     },
 }
 
@@ -602,6 +749,14 @@ pub enum BrokerMsg {
     },
     /// Start a lease.
     Start(LeaseSpec),
+    /// A running lease was renewed: it may now run `minutes` in all from
+    /// its start; raise the sandbox's wall-clock and CPU budgets to match.
+    Extend {
+        /// Lease id.
+        lease: String,
+        /// Minutes paid for in all (first minutes plus renewals).
+        minutes: u32,
+    },
     /// Stop a lease now (buyer cancelled, or its minutes ran out).
     Stop {
         /// Lease id.
@@ -614,7 +769,15 @@ pub enum BrokerMsg {
         /// Lease id.
         lease: String,
         /// Bytes for the guest's serial console.
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
+    },
+    /// The lease's virtual network changed (or was just joined).
+    Vnet {
+        /// Lease id.
+        lease: String,
+        /// The lease node's view.
+        view: VnetView,
     },
 }
 
@@ -637,9 +800,11 @@ mod tests {
                 args: vec!["a".into()],
                 env: vec![("K".into(), "V".into())],
                 stdin: b"in".to_vec(),
+                shares: Vec::new(),
             },
             wait_secs: Some(5),
             follow: true,
+            renew_up_to: Some(9),
         });
         let bytes = frame::encode(&req).unwrap();
         let (back, _): (Request, _) = frame::decode(&bytes).unwrap();
@@ -650,6 +815,37 @@ mod tests {
         };
         let (back, _): (SellerMsg, _) = frame::decode(&frame::encode(&msg).unwrap()).unwrap();
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn vnet_messages_round_trip_through_frames() {
+        let view = VnetView {
+            subnet: Ipv4Addr::new(10, 1, 2, 0),
+            prefix: 24,
+            address: Ipv4Addr::new(10, 1, 2, 3),
+            relay: Some([7; 32]),
+            peers: vec![VnetMember {
+                address: Ipv4Addr::new(10, 1, 2, 1),
+                key: [9; 32],
+                lease: None,
+                endpoints: vec!["192.0.2.1:4000".parse().unwrap()],
+            }],
+        };
+        let msg = BrokerMsg::Vnet {
+            lease: "K-1".into(),
+            view: view.clone(),
+        };
+        let (back, _): (BrokerMsg, _) = frame::decode(&frame::encode(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+        let req = Request::VnetJoin {
+            key: [3; 32],
+            endpoints: vec!["[2001:db8::1]:9".parse().unwrap()],
+        };
+        let (back, _): (Request, _) = frame::decode(&frame::encode(&req).unwrap()).unwrap();
+        assert_eq!(back, req);
+        let (back, _): (Response, _) =
+            frame::decode(&frame::encode(&Response::Vnet(view.clone())).unwrap()).unwrap();
+        assert_eq!(back, Response::Vnet(view));
     }
 
     #[test]

@@ -18,14 +18,39 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToSandbox {
     /// The next piece of the module's wasm bytes.
-    WasmChunk(Vec<u8>),
+    WasmChunk(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The next piece of the daemon's own compiled form of the module
     /// (trusted: produced by the daemon's engine, never by a sandbox).
-    CompiledChunk(Vec<u8>),
+    CompiledChunk(#[serde(with = "crate::bytes")] Vec<u8>),
     /// Everything else about the job; the child starts the guest on it.
     Job(SandboxJob),
     /// The lease is over: stop the guest at its next epoch tick.
     Stop,
+    /// A VM lease's job (the child was started in VM mode); the child boots it.
+    VmJob(SandboxVmJob),
+    /// Bytes the buyer typed, for a VM's serial console.
+    ConsoleInput(#[serde(with = "crate::bytes")] Vec<u8>),
+    /// The lease was renewed: the running job's budgets, counted from its
+    /// start, are now these (they only ever grow).
+    Extend {
+        /// New CPU time budget, milliseconds.
+        cpu_time_ms: u64,
+        /// New wall-clock budget, milliseconds.
+        wall_time_ms: u64,
+    },
+}
+
+/// One VM job for a sandbox child started in VM mode (`--vm-iso`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxVmJob {
+    /// vCPUs, one thread each.
+    pub vcpus: u8,
+    /// Guest memory, bytes.
+    pub mem_bytes: u64,
+    /// Items appended to the ISO's kernel command line, e.g. the buyer's
+    /// `cpushare.nfs=ADDR:/out:/out:rw` shares (each one word, no spaces).
+    #[serde(default)]
+    pub cmdline: Vec<String>,
 }
 
 /// One job for a sandbox child.
@@ -38,6 +63,7 @@ pub struct SandboxJob {
     /// The guest's complete environment.
     pub env: Vec<(String, String)>,
     /// The guest's stdin.
+    #[serde(with = "crate::bytes")]
     pub stdin: Vec<u8>,
     /// Ceiling on the guest's linear memory, bytes.
     pub memory_bytes: u64,
@@ -59,6 +85,7 @@ pub enum FromSandbox {
         /// Which stream.
         stream: StdStream,
         /// The bytes written.
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
     /// The guest ended; nothing follows.
@@ -89,6 +116,15 @@ pub enum SandboxEnd {
     },
     /// Stopped by [`ToSandbox::Stop`].
     Interrupted,
+    /// A VM guest powered off with this status.
+    PowerOff {
+        /// The status it wrote (0 for an ACPI-style shutdown).
+        status: u32,
+    },
+    /// A VM guest asked for a reset (not rebooted: the lease ends).
+    GuestReset,
+    /// A VM guest's vCPU triple-faulted.
+    TripleFault,
     /// The child could not run the job (bad module, bad job).
     Failed {
         /// What went wrong.

@@ -4,6 +4,7 @@
 
 use cpushare_proto::frame;
 use cpushare_proto::msg::{BrokerMsg, Request, Response, SellerMsg};
+use cpushare_proto::sandbox::{FromSandbox, ToSandbox};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,4 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = frame::decode::<Response>(data);
     let _ = frame::decode::<SellerMsg>(data);
     let _ = frame::decode::<BrokerMsg>(data);
+    // What a (possibly compromised) sandbox child sends its daemon, and back.
+    let _ = frame::decode::<FromSandbox>(data);
+    let _ = frame::decode::<ToSandbox>(data);
 });
