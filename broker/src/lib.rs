@@ -13,3 +13,4 @@ pub mod ledger;
 pub mod market;
 pub mod server;
 pub mod store;
+pub mod vnet;

@@ -98,6 +98,25 @@ impl LeaseBilling {
         self.amount(self.minutes)
     }
 
+    /// Renews the lease for `minutes` more at its price (sticky renewal:
+    /// same seller, whose ask is the lease's price); returns the escrow
+    /// the extension needs. Fails, changing nothing, if the lease's whole
+    /// escrow would overflow.
+    pub fn extend(&mut self, minutes: u32) -> Result<Micros, LedgerError> {
+        let total = self
+            .minutes
+            .checked_add(minutes)
+            .ok_or(LedgerError::CostOverflow {
+                cpus: u64::from(self.cpus),
+                minutes: u32::MAX,
+                price: self.price,
+            })?;
+        cost(u64::from(self.cpus), total, self.price)?;
+        let added = cost(u64::from(self.cpus), minutes, self.price)?;
+        self.minutes = total;
+        Ok(added)
+    }
+
     /// Minutes newly due at `now_ms` and their amount; marks them settled.
     /// Call every minute; `(0, 0)` when nothing new is due.
     pub fn settle_until(&mut self, now_ms: u64, started_ms: u64) -> (u32, Micros) {
@@ -163,7 +182,56 @@ mod tests {
         assert_eq!(b.settle_until(900_000, 0), (0, Micros(0)));
     }
 
+    #[test]
+    fn an_extension_adds_its_minutes_to_the_escrow_and_to_what_can_be_settled() {
+        let mut b = LeaseBilling::new(2, 1, Micros(10)).unwrap();
+        assert_eq!(b.settle_until(59_000, 0), (1, Micros(20)));
+        assert_eq!(b.settle_until(70_000, 0), (0, Micros(0)), "capped at 1");
+        assert_eq!(b.extend(1), Ok(Micros(20)));
+        assert_eq!((b.minutes(), b.escrow()), (2, Micros(40)));
+        assert_eq!(b.settle_until(70_000, 0), (1, Micros(20)));
+        assert_eq!(b.close(200_000, 0), (Micros(0), Micros(0)));
+        let mut full = LeaseBilling::new(1, u32::MAX, Micros(1)).unwrap();
+        assert!(matches!(
+            full.extend(1),
+            Err(LedgerError::CostOverflow { .. })
+        ));
+        assert_eq!(
+            full.minutes(),
+            u32::MAX,
+            "a failed extension changes nothing"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn settlements_plus_refund_equal_the_escrow_with_extensions(
+            cpus in 0..64u32,
+            minutes in 1..60u32,
+            price in 0..1_000_000_000u64,
+            steps in proptest::collection::vec((0..100_000u64, 0..4u32), 0..40),
+            end in 0..5_000_000u64,
+        ) {
+            let mut b = LeaseBilling::new(cpus, minutes, Micros(price)).unwrap();
+            let mut escrowed = u128::from(b.escrow().0);
+            let mut paid = 0u128;
+            let mut now = 0;
+            for (dt, more) in steps {
+                now += dt;
+                if more > 0 {
+                    let added = b.extend(more).unwrap();
+                    escrowed += u128::from(added.0);
+                    prop_assert_eq!(escrowed, u128::from(b.escrow().0));
+                }
+                let (_, amount) = b.settle_until(now, 0);
+                paid += u128::from(amount.0);
+                prop_assert!(paid <= escrowed);
+            }
+            let (last, back) = b.close(now + end, 0);
+            paid += u128::from(last.0);
+            prop_assert_eq!(paid + u128::from(back.0), escrowed);
+        }
+
         #[test]
         fn settlements_plus_refund_equal_the_escrow(
             cpus in 0..64u32,

@@ -37,7 +37,7 @@ mod props;
 
 pub use accounts::{escrow, hold, user, FEES, WORLD};
 pub use billing::{cost, minutes_due, LeaseBilling, MS_PER_MINUTE};
-pub use postings::{deposit, open_lease, refund, release_hold, reserve_order, settle};
+pub use postings::{deposit, open_lease, refund, release_hold, reserve_order, settle, top_up};
 
 use std::collections::HashMap;
 

@@ -57,6 +57,17 @@ pub fn open_lease(order_key: &str, lease_key: &str, escrow_amount: Micros) -> Ve
     )
 }
 
+/// Adds a renewal's escrow to a running lease, from the buyer's own funds
+/// (the order's hold covered only the first minutes).
+pub fn top_up(buyer: &str, lease_key: &str, amount: Micros) -> Vec<Transfer> {
+    posting(
+        user(buyer),
+        escrow(lease_key),
+        amount,
+        format!("renew {lease_key}"),
+    )
+}
+
 /// Returns what the order no longer needs (filled below the cap, cancelled,
 /// expired) to the buyer.
 pub fn release_hold(order_key: &str, buyer: &str, amount: Micros) -> Vec<Transfer> {
@@ -146,6 +157,11 @@ mod tests {
             ("escrow:L1", "user:ann")
         );
         assert!(refund("L1", "ann", Micros::ZERO).is_empty());
+        let t = top_up("ann", "L1", Micros(5));
+        assert_eq!(
+            (t[0].from.as_str(), t[0].to.as_str()),
+            ("user:ann", "escrow:L1")
+        );
     }
 
     proptest! {

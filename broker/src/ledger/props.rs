@@ -14,6 +14,8 @@ enum Op {
     ReleaseHold(usize, usize, u64),
     Settle(usize, usize, u64, u32),
     Refund(usize, usize, u64),
+    /// A renewal: buyer -> a lease's escrow.
+    TopUp(usize, usize, u64),
     /// Any transfer between any two accounts of the pool, maybe invalid.
     Raw(usize, usize, u64),
     /// Two ops in one batch: must apply both or neither.
@@ -39,6 +41,7 @@ fn single() -> impl Strategy<Value = Op> {
         (0..3usize, 0..3usize, amount.clone(), 0..3_000u32)
             .prop_map(|(l, u, a, f)| Op::Settle(l, u, a, f)),
         (0..3usize, 0..3usize, amount.clone()).prop_map(|(l, u, a)| Op::Refund(l, u, a)),
+        (0..3usize, 0..3usize, amount.clone()).prop_map(|(u, l, a)| Op::TopUp(u, l, a)),
         (0..11usize, 0..11usize, amount).prop_map(|(f, t, a)| Op::Raw(f, t, a)),
     ]
 }
@@ -58,6 +61,7 @@ fn postings(op: &Op) -> Vec<Transfer> {
         Op::ReleaseHold(k, u, a) => release_hold(KEYS[*k], USERS[*u], Micros(*a)),
         Op::Settle(l, u, a, f) => settle(KEYS[*l], USERS[*u], Micros(*a), *f),
         Op::Refund(l, u, a) => refund(KEYS[*l], USERS[*u], Micros(*a)),
+        Op::TopUp(u, l, a) => top_up(USERS[*u], KEYS[*l], Micros(*a)),
         Op::Raw(f, t, a) => {
             let p = pool();
             vec![Transfer {

@@ -90,6 +90,8 @@ impl Market {
                 started_ms: None,
                 matched_ms: now_ms,
                 stop_sent: false,
+                first_minutes: fill.minutes,
+                renewal_refused_at: None,
             },
         );
         let start = BrokerMsg::Start(LeaseSpec {
@@ -158,6 +160,26 @@ impl Market {
             Response::Output {
                 lease: lease.to_string(),
                 stream,
+                data,
+            },
+        );
+    }
+
+    /// Part of a lease's output bundle (its writable shares), forwarded to
+    /// the buyer following its order.
+    pub fn lease_outputs(&mut self, seller: &str, lease: &str, data: Vec<u8>) {
+        let Some(buy) = self
+            .leases
+            .get(lease)
+            .filter(|l| l.seller == seller)
+            .map(|l| l.buy)
+        else {
+            return;
+        };
+        self.tell_buyer(
+            buy,
+            Response::Outputs {
+                lease: lease.to_string(),
                 data,
             },
         );
@@ -272,7 +294,7 @@ impl Market {
         Ok(())
     }
 
-    fn settled_amount(&self, l: &LeaseLive) -> Micros {
+    pub(super) fn settled_amount(&self, l: &LeaseLive) -> Micros {
         crate::ledger::billing::cost(
             u64::from(l.billing.cpus()),
             l.billing.settled_minutes(),

@@ -7,8 +7,12 @@
 //! that passes the current time in; it holds no sockets itself, only the
 //! channels that lead to them.
 
+mod extend;
 mod leases;
 mod orders;
+pub mod renewal;
+#[cfg(test)]
+mod tests;
 mod views;
 
 use crate::book::{Book, OrderId};
@@ -77,6 +81,8 @@ struct BuyLive {
     refunded: Micros,
     /// `None` while open; the final state once it stopped matching.
     done: Option<crate::store::OrderState>,
+    /// What the buyer allowed its leases' renewals (`--renew-up-to`, cap).
+    allowance: renewal::Allowance,
     /// Where to stream events, if the buyer follows the order.
     follower: Option<UnboundedSender<Response>>,
 }
@@ -89,6 +95,10 @@ struct SellLive {
     /// Generation of the session, so a stale session cannot end a newer one.
     session_id: u64,
     last_seen_ms: u64,
+    /// Its ask per vCPU-minute (the price of its leases and renewals).
+    ask: Micros,
+    /// Longest lease it accepts, minutes (caps one renewal).
+    max_minutes: u32,
 }
 
 /// A lease between its match and its end.
@@ -106,6 +116,10 @@ struct LeaseLive {
     started_ms: Option<u64>,
     matched_ms: u64,
     stop_sent: bool,
+    /// Its length at the match; each renewal adds as much again.
+    first_minutes: u32,
+    /// Paid minutes for which renewal already said no (asked once per period).
+    renewal_refused_at: Option<u32>,
 }
 
 /// Why the market refused something; becomes an [`ErrorReply`].
@@ -203,14 +217,19 @@ impl Market {
         (id, cpushare_proto::id::short_id("lease", id))
     }
 
-    /// Whether `seller` may fetch `image` (it has a lease that needs it).
+    /// Whether `seller` may fetch `image` (it has a lease that needs it,
+    /// as its module or ISO or as the bundle of one of its shares).
     pub fn seller_needs_image(&self, seller: &str, image: &ContentId) -> bool {
         self.leases.values().any(|l| {
             l.seller == seller
-                && self
-                    .buys
-                    .get(&l.buy)
-                    .is_some_and(|b| b.spec.image == *image)
+                && self.buys.get(&l.buy).is_some_and(|b| {
+                    b.spec.image == *image
+                        || b.spec
+                            .job
+                            .shares
+                            .iter()
+                            .any(|s| s.input.is_some_and(|(id, _)| id == *image))
+                })
         })
     }
 

@@ -1,14 +1,16 @@
 //! Orders entering and leaving the market: buys, sells, cancels, expiry,
 //! and recovery after a restart.
 
+use super::renewal::Allowance;
 use super::{BuyLive, BuySpec, Market, MarketError, SellLive};
 use crate::book::{BuyOrder, Fill, OrderId, SellOrder};
 use crate::ledger::{billing, postings};
 use crate::store::{LeaseRow, OrderRow, OrderState, Side};
+use cpushare_proto::bundle::MAX_BUNDLE;
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{
-    BrokerMsg, BuyRequest, ErrorCode, LeaseEnd, Response, SandboxKind, SellOffer, MAX_ARGS,
-    MAX_STDIN, MAX_WASM,
+    BrokerMsg, BuyRequest, ErrorCode, LeaseEnd, Response, SandboxKind, SellOffer, ShareSpec,
+    MAX_ARGS, MAX_SHARES, MAX_STDIN, MAX_WASM,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -47,6 +49,11 @@ fn check_buy(req: &BuyRequest, image_len: u64) -> Result<(), MarketError> {
     if req.max_price == Micros::ZERO {
         return bad("--max-price must be above 0".into());
     }
+    if req.renew_up_to.is_some_and(|r| r > MAX_MINUTES) {
+        return bad(format!(
+            "--renew-up-to must be at most {MAX_MINUTES} minutes"
+        ));
+    }
     if req.wait_secs.is_some_and(|w| w > MAX_WAIT_SECS) {
         return bad(format!("--wait must be at most {MAX_WAIT_SECS} seconds"));
     }
@@ -58,6 +65,28 @@ fn check_buy(req: &BuyRequest, image_len: u64) -> Result<(), MarketError> {
     }
     if req.job.args.len() + req.job.env.len() > MAX_ARGS {
         return bad(format!("at most {MAX_ARGS} arguments and variables"));
+    }
+    if req.job.shares.len() > MAX_SHARES {
+        return bad(format!("at most {MAX_SHARES} shares"));
+    }
+    let mut guests = std::collections::HashSet::new();
+    for share in &req.job.shares {
+        ShareSpec::check_guest_path(&share.guest).or_else(bad)?;
+        if !guests.insert(share.guest.as_str()) {
+            return bad(format!("two shares at {}", share.guest));
+        }
+        if share.writable == share.input.is_some() {
+            return bad(format!(
+                "share {} must be either read-only with an input bundle or writable without one",
+                share.guest
+            ));
+        }
+        if share.input.is_some_and(|(_, len)| len > MAX_BUNDLE) {
+            return bad(format!(
+                "the bundle for {} is larger than {MAX_BUNDLE} bytes",
+                share.guest
+            ));
+        }
     }
     if req.kind == SandboxKind::Wasm && image_len > MAX_WASM {
         return bad(format!(
@@ -145,6 +174,7 @@ impl Market {
             state: OrderState::Open,
             created_ms: now_ms,
             expires_ms: expires,
+            renew_up_to: req.renew_up_to.unwrap_or(0),
         };
         let mut tx = self.store.begin().await?;
         tx.insert_order(&row).await?;
@@ -178,6 +208,10 @@ impl Market {
                 cost: Micros::ZERO,
                 refunded: Micros::ZERO,
                 done: None,
+                allowance: Allowance {
+                    max_total_minutes: req.renew_up_to.unwrap_or(0),
+                    max_price: req.max_price,
+                },
                 follower,
             },
         );
@@ -201,19 +235,20 @@ impl Market {
     }
 
     /// Lets a buyer follow one of its orders again (after a reconnect or a
-    /// broker restart). Returns false if the order is unknown or not theirs.
-    pub fn follow(&mut self, buyer: &str, key: &str, to: UnboundedSender<Response>) -> bool {
-        match self
+    /// broker restart). Returns what the order still holds, or `None` if
+    /// the order is closed, unknown or not theirs.
+    pub fn follow(
+        &mut self,
+        buyer: &str,
+        key: &str,
+        to: UnboundedSender<Response>,
+    ) -> Option<Micros> {
+        let b = self
             .buys
             .values_mut()
-            .find(|b| b.key == key && b.buyer == buyer)
-        {
-            Some(b) => {
-                b.follower = Some(to);
-                true
-            }
-            None => false,
-        }
+            .find(|b| b.key == key && b.buyer == buyer)?;
+        b.follower = Some(to);
+        Some(b.held)
     }
 
     /// Posts a seller's offer and registers its session. A seller that
@@ -254,6 +289,7 @@ impl Market {
             state: OrderState::Open,
             created_ms: now_ms,
             expires_ms: None,
+            renew_up_to: 0,
         };
         let mut tx = self.store.begin().await?;
         tx.insert_order(&row).await?;
@@ -268,6 +304,8 @@ impl Market {
                 session,
                 session_id,
                 last_seen_ms: now_ms,
+                ask: offer.price,
+                max_minutes: offer.max_minutes,
             },
         );
         self.seller_orders.insert(seller.to_string(), id);
@@ -585,6 +623,10 @@ impl Market {
                 cost: Micros::ZERO,
                 refunded: Micros::ZERO,
                 done: None,
+                allowance: Allowance {
+                    max_total_minutes: row.renew_up_to,
+                    max_price: row.price,
+                },
                 follower: None,
             },
         );
@@ -618,8 +660,9 @@ impl Market {
         Ok(())
     }
 
-    /// Every check that needs the current time: settle due minutes, stop
-    /// overrunning leases, expire orders, declare silent sellers lost.
+    /// Every check that needs the current time: renew leases near their
+    /// end, settle due minutes, stop overrunning leases, expire orders,
+    /// declare silent sellers lost.
     pub async fn tick(&mut self, now_ms: u64) -> Result<(), MarketError> {
         self.expire_orders(now_ms).await?;
         let deadline = u64::from(self.cfg.heartbeat_secs * self.cfg.missed_heartbeats) * 1000;
@@ -633,6 +676,7 @@ impl Market {
             tracing::warn!(order = ?id, "seller missed {} heartbeats; declaring it lost", self.cfg.missed_heartbeats);
             self.close_sell(id, LeaseEnd::SellerLost, now_ms).await?;
         }
+        self.renew_leases(now_ms).await?;
         self.settle_leases(now_ms).await
     }
 }

@@ -2,18 +2,25 @@
 //!
 //! An upload appends to `blobs/partial/HEX` and is only moved to
 //! `blobs/HEX` once its SHA-256 matches the id, so a stored image is always
-//! whole and correct.
+//! whole and correct. Uploads of one id take turns: two buyers sending the
+//! same image at once would otherwise append to the same partial file.
 
 use cpushare_proto::frame;
 use cpushare_proto::id::ContentId;
 use cpushare_proto::msg::{ErrorCode, ErrorReply, Request, Response, CHUNK, MAX_IMAGE};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Per-id turn-taking for uploads.
+type UploadTurns = Arc<Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>>;
 
 /// The image store.
 #[derive(Debug, Clone)]
 pub struct Blobs {
     dir: PathBuf,
+    uploading: UploadTurns,
 }
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
@@ -26,7 +33,10 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 impl Blobs {
     /// The store under `dir` (which holds `partial/`).
     pub fn new(dir: PathBuf) -> Blobs {
-        Blobs { dir }
+        Blobs {
+            dir,
+            uploading: UploadTurns::default(),
+        }
     }
 
     fn path(&self, id: &ContentId) -> PathBuf {
@@ -64,6 +74,29 @@ impl Blobs {
                 format!("image is {len} bytes; the broker stores at most {MAX_IMAGE}"),
             ));
         }
+        // Wait for an upload of the same id already under way; it may
+        // have stored the image meanwhile.
+        let turn = {
+            let mut turns = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+            turns.entry(id).or_default().clone()
+        };
+        let held = turn.lock_owned().await;
+        let result = self.receive_turn(id, len, offset, recv).await;
+        drop(held);
+        self.uploading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, t| Arc::strong_count(t) > 1);
+        result
+    }
+
+    async fn receive_turn(
+        &self,
+        id: ContentId,
+        len: u64,
+        offset: u64,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Response, ErrorReply> {
         if self.complete_len(&id).is_some() {
             return Ok(Response::Stored { id });
         }

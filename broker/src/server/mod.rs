@@ -5,6 +5,7 @@ mod blobs;
 mod buyer;
 mod enroll;
 mod seller;
+mod vnet;
 
 use crate::datadir::{DataDir, Endpoints};
 use crate::market::{Market, MarketConfig};
@@ -38,6 +39,14 @@ struct Shared {
     store: Store,
     blobs: Blobs,
     ca: Ca,
+    vnet: std::sync::Mutex<vnet::Hub>,
+}
+
+impl Shared {
+    /// The vnet rendezvous (never held across an await).
+    fn vnet_hub(&self) -> std::sync::MutexGuard<'_, vnet::Hub> {
+        self.vnet.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A running broker.
@@ -100,6 +109,7 @@ impl Broker {
                 store,
                 blobs: Blobs::new(data.blobs()),
                 ca,
+                vnet: Default::default(),
             }),
         })
     }
@@ -244,7 +254,21 @@ async fn serve_stream(
             if let Some(r) = need(&peer, Role::Seller) {
                 r
             } else {
-                return seller::session(&shared, &peer, offer, send, recv).await;
+                return seller::session(&shared, &conn, &peer, offer, send, recv).await;
+            }
+        }
+        Request::VnetJoin { key, endpoints } => {
+            if let Some(r) = need(&peer, Role::Buyer) {
+                r
+            } else {
+                return vnet::host(&shared, &conn, &peer, key, endpoints, send, recv).await;
+            }
+        }
+        Request::Follow { order } => {
+            if let Some(r) = need(&peer, Role::Buyer) {
+                r
+            } else {
+                return buyer::follow(&shared, &conn, &peer, order, send, recv).await;
             }
         }
         Request::Fetch { id, offset } => {

@@ -2,21 +2,30 @@
 //! heartbeats, lease progress and output from the seller, and lease
 //! starts and stops from the broker, until either side goes away.
 
+use super::vnet::Sink;
 use super::{now, Shared};
+use crate::vnet::MemberId;
 use cpushare_proto::frame;
 use cpushare_proto::identity::Peer;
-use cpushare_proto::msg::{BrokerMsg, SellOffer, SellerMsg};
+use cpushare_proto::msg::{BrokerMsg, SellOffer, SellerMsg, CHUNK};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub(super) async fn session(
     shared: &Shared,
+    conn: &quinn::Connection,
     peer: &Peer,
     offer: SellOffer,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<BrokerMsg>();
+    let vnet_sink = Sink::Lease(tx.clone());
+    // Leases the broker started on this session, by id, with their buyer:
+    // the only ones whose vnet this seller may join.
+    let assigned = Arc::new(Mutex::new(HashMap::<String, String>::new()));
     let opened = shared
         .market
         .lock()
@@ -32,8 +41,12 @@ pub(super) async fn session(
         }
     };
     tracing::info!(seller = %peer.name, order = %session.key, "seller session open");
+    let writer_assigned = assigned.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
+            if let BrokerMsg::Start(spec) = &msg {
+                lock(&writer_assigned).insert(spec.lease.clone(), spec.buyer.clone());
+            }
             if frame::write(&mut send, &msg).await.is_err() {
                 break;
             }
@@ -70,11 +83,58 @@ pub(super) async fn session(
                 m.lease_output(&peer.name, &lease, stream, data);
                 Ok(())
             }
-            SellerMsg::Ended { lease, end } => m.seller_ended(&peer.name, &lease, end, t).await,
+            SellerMsg::Outputs { lease, data } if data.len() <= CHUNK => {
+                m.lease_outputs(&peer.name, &lease, data);
+                Ok(())
+            }
+            SellerMsg::Outputs { lease, .. } => {
+                tracing::warn!(seller = %peer.name, %lease, "oversized output chunk dropped");
+                Ok(())
+            }
+            SellerMsg::Ended { lease, end } => {
+                if let Some(buyer) = lock(&assigned).remove(&lease) {
+                    shared
+                        .vnet_hub()
+                        .leave(&buyer, MemberId::Lease(lease.clone()), &vnet_sink);
+                }
+                m.seller_ended(&peer.name, &lease, end, t).await
+            }
+            SellerMsg::VnetJoin {
+                lease,
+                key,
+                endpoints,
+            } => {
+                let buyer = lock(&assigned).get(&lease).cloned();
+                match buyer {
+                    Some(buyer) => {
+                        let joined = shared.vnet_hub().join(
+                            &buyer,
+                            MemberId::Lease(lease.clone()),
+                            key,
+                            &endpoints,
+                            conn.remote_address(),
+                            vnet_sink.clone(),
+                        );
+                        if let Err(e) = joined {
+                            tracing::warn!(seller = %peer.name, %lease, "vnet join refused: {e}");
+                        }
+                    }
+                    None => {
+                        tracing::warn!(seller = %peer.name, %lease, "vnet join for a lease not running here")
+                    }
+                }
+                Ok(())
+            }
         };
         if let Err(e) = result {
             tracing::error!(seller = %peer.name, "market error in seller session: {e}");
         }
+    }
+    let left: Vec<(String, String)> = lock(&assigned).drain().collect();
+    for (lease, buyer) in left {
+        shared
+            .vnet_hub()
+            .leave(&buyer, MemberId::Lease(lease), &vnet_sink);
     }
     shared
         .market
@@ -85,4 +145,8 @@ pub(super) async fn session(
     writer.abort();
     tracing::info!(seller = %peer.name, "seller session closed");
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

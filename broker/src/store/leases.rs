@@ -162,6 +162,27 @@ impl Tx {
         self.check_live_lease(id, done.rows_affected()).await
     }
 
+    /// Renews a running lease: it is now paid for `minutes` in all, with
+    /// `escrow` put in escrow in all (the caller moves the money in the
+    /// same transaction).
+    pub async fn extend_lease(
+        &mut self,
+        id: u64,
+        minutes: u32,
+        escrow: Micros,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE leases SET minutes = $2, escrow = $3 WHERE id = $1 AND state <> 'ended'",
+        )
+        .bind(to_db("lease id", id)?)
+        .bind(i64::from(minutes))
+        .bind(money_to_db("lease escrow", escrow)?)
+        .execute(&mut *self.inner)
+        .await
+        .map_err(db("renewing a lease"))?;
+        self.check_live_lease(id, done.rows_affected()).await
+    }
+
     /// Ends a lease with its reason, exit code, end time and final cost;
     /// `LeaseEnded` if it already ended (a lease ends once).
     pub async fn end_lease(
@@ -308,6 +329,9 @@ pub(crate) mod tests {
         tx.update_lease_settled(1, 2, Micros(120_000))
             .await
             .expect("settle");
+        tx.extend_lease(1, 60, Micros(3_600_000))
+            .await
+            .expect("renew");
         tx.end_lease(
             3,
             "seller lost",
@@ -329,6 +353,10 @@ pub(crate) mod tests {
             tx.update_lease_settled(77, 1, Micros(1)).await,
             Err(StoreError::LeaseUnknown { id: 77 })
         ));
+        assert!(matches!(
+            tx.extend_lease(3, 60, Micros(1)).await,
+            Err(StoreError::LeaseEnded { id: 3 })
+        ));
         tx.commit().await.expect("commit");
 
         let open = store.open_leases().await.expect("open");
@@ -336,6 +364,8 @@ pub(crate) mod tests {
             state: LeaseState::Running,
             settled_minutes: 2,
             cost: Micros(120_000),
+            minutes: 60,
+            escrow: Micros(3_600_000),
             ..a
         };
         assert_eq!(open, [expected_a, b]);

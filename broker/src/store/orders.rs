@@ -71,10 +71,12 @@ pub struct OrderRow {
     pub created_ms: u64,
     /// When it stops matching, unix milliseconds, if ever.
     pub expires_ms: Option<u64>,
+    /// Most minutes one lease may reach through renewals (buy); 0 for none.
+    pub renew_up_to: u32,
 }
 
 const ORDER_COLUMNS: &str = "id, key, side, owner, kind, cpus, mem_mib, instances, filled, \
-     minutes, min_minutes, max_minutes, price, spec, state, created_ms, expires_ms";
+     minutes, min_minutes, max_minutes, price, spec, state, created_ms, expires_ms, renew_up_to";
 
 fn order_from_row(row: &AnyRow) -> Result<OrderRow, StoreError> {
     Ok(OrderRow {
@@ -95,6 +97,7 @@ fn order_from_row(row: &AnyRow) -> Result<OrderRow, StoreError> {
         state: OrderState::from_db("state", &col_text(row, "state")?)?,
         created_ms: col_u64(row, "created_ms")?,
         expires_ms: col_opt_u64(row, "expires_ms")?,
+        renew_up_to: col_u32(row, "renew_up_to")?,
     })
 }
 
@@ -103,7 +106,7 @@ impl Tx {
     pub async fn insert_order(&mut self, o: &OrderRow) -> Result<(), StoreError> {
         let done = sqlx::query(&format!(
             "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
              ON CONFLICT DO NOTHING"
         ))
         .bind(to_db("order id", o.id)?)
@@ -123,6 +126,7 @@ impl Tx {
         .bind(o.state.as_str())
         .bind(to_db("created_ms", o.created_ms)?)
         .bind(opt_to_db("expires_ms", o.expires_ms)?)
+        .bind(i64::from(o.renew_up_to))
         .execute(&mut *self.inner)
         .await
         .map_err(db("inserting an order"))?;
@@ -225,6 +229,7 @@ pub(crate) mod tests {
             state: OrderState::Open,
             created_ms: 1_700_000_000_123,
             expires_ms: Some(1_700_000_600_000),
+            renew_up_to: 90,
         }
     }
 
@@ -244,6 +249,7 @@ pub(crate) mod tests {
             price: Micros(i64::MAX as u64),
             spec: "{}".into(),
             expires_ms: None,
+            renew_up_to: 0,
             ..buy_order(2, "bo")
         };
         let mut tx = store.begin().await.expect("begin");
