@@ -33,6 +33,7 @@ fn main() {
             cmdline,
             disk_ro: None,
             scratch: None,
+            net: None,
         };
         let code = match Vm::boot(cfg, Box::new(std::io::stdout()), None) {
             Ok(VmExit::PowerOff { status }) => status as i32,

@@ -43,6 +43,7 @@ fn main() {
             cmdline,
             disk_ro: disk,
             scratch: None,
+            net: None,
         },
         (None, None) => {
             eprintln!("usage: vmm-boot KERNEL [CMDLINE] [--mem MIB] [--vcpus N] [--disk PATH] | --iso PATH");

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +14,13 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{boot, layout, mptable, regs::RegsError};
+use crate::confine::VmmThread;
 use crate::devices::bus::Bus;
+use crate::devices::frame_socket::{self, FrameSocket};
 use crate::devices::pci::PciRoot;
 use crate::devices::serial;
 use crate::devices::virtio::block::{Block, FileDisk};
+use crate::devices::virtio::net::{Net, NetConfigError, NetCounters, NetStats, VirtioPciNet};
 use crate::devices::virtio::pci::{VirtioPciBlock, BAR_SIZE};
 use crate::iso::{self, IsoError, IsoReader};
 use crate::vstate::vcpu::{self, VcpuError, VcpuOutcome};
@@ -48,6 +52,21 @@ pub struct VmConfig {
     pub disk_ro: Option<PathBuf>,
     /// Writable scratch disk, the second virtio-blk device.
     pub scratch: Option<PathBuf>,
+    /// The guest's network interface, if any.
+    pub net: Option<NetConfig>,
+}
+
+/// A virtio-net device whose frames go through a socket, not a TAP device.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The guest's MAC address (unicast).
+    pub mac: [u8; 6],
+    /// MTU offered to the guest; frames above it plus the Ethernet header
+    /// are dropped both ways. The vnet's is
+    /// [`DEFAULT_MTU`](crate::devices::virtio::net::DEFAULT_MTU).
+    pub mtu: u16,
+    /// The VMM's end of the frame socket pair.
+    pub socket: FrameSocket,
 }
 
 /// How a VM ended.
@@ -144,6 +163,9 @@ pub enum VmmError {
     /// A thread could not be spawned.
     #[error("spawning a vCPU thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The network device configuration is unusable.
+    #[error("network device: {0}")]
+    Net(#[from] NetConfigError),
 }
 
 /// Stops a running VM from another thread (end of lease).
@@ -151,6 +173,7 @@ pub enum VmmError {
 pub struct VmHandle {
     stop: Arc<AtomicBool>,
     threads: Arc<Mutex<Vec<libc::pthread_t>>>,
+    net: Option<Arc<NetCounters>>,
 }
 
 impl VmHandle {
@@ -159,6 +182,11 @@ impl VmHandle {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         kick(&self.threads);
+    }
+
+    /// Frame and drop counts of the network device, if the VM has one.
+    pub fn net_stats(&self) -> Option<NetStats> {
+        self.net.as_ref().map(|c| c.snapshot())
     }
 }
 
@@ -192,20 +220,23 @@ pub struct Vm {
     bus: Arc<Mutex<Bus>>,
     console_in: Option<Box<dyn Read + Send>>,
     handle: VmHandle,
+    net_rx: Option<NetRx>,
 }
 
 /// IOAPIC pins for the virtio-blk devices in slots 1 and 2.
 const VIRTIO_IRQS: [u8; 2] = [10, 11];
+/// IOAPIC pin of the virtio-net device.
+const VIRTIO_NET_IRQ: u8 = 5;
 
-fn read_payload(p: &Payload, mem: u64) -> Result<Vec<u8>, VmmError> {
+fn read_payload(p: Payload, mem: u64) -> Result<Vec<u8>, VmmError> {
     match p {
-        Payload::Bytes(b) => Ok(b.clone()),
+        Payload::Bytes(b) => Ok(b),
         Payload::Path(path) => {
             let err = |source| VmmError::ReadFile {
                 path: path.clone(),
                 source,
             };
-            let f = File::open(path).map_err(err)?;
+            let f = File::open(&path).map_err(err)?;
             let size = f.metadata().map_err(err)?.len();
             if size > mem {
                 return Err(VmmError::FileLargerThanMemory {
@@ -234,10 +265,30 @@ fn open_disk(path: &Path, writable: bool) -> Result<FileDisk, VmmError> {
     FileDisk::new(f).map_err(err)
 }
 
+/// Host files handed to a VM already open, for a VMM that cannot open
+/// paths (a confined one: its root is empty).
+#[derive(Debug, Default)]
+pub struct HostFiles {
+    /// An open `/dev/kvm`; `None` opens it.
+    pub kvm: Option<File>,
+    /// The read-only disk, used in place of [`VmConfig::disk_ro`].
+    pub disk_ro: Option<File>,
+}
+
 impl Vm {
     /// Builds the VM: memory, KVM VM and vCPUs, devices, loaded payload.
     pub fn new(
         cfg: VmConfig,
+        console_out: Box<dyn Write + Send>,
+        console_in: Option<Box<dyn Read + Send>>,
+    ) -> Result<Self, VmmError> {
+        Self::with_files(cfg, HostFiles::default(), console_out, console_in)
+    }
+
+    /// [`Vm::new`] on host files already open.
+    pub fn with_files(
+        cfg: VmConfig,
+        files: HostFiles,
         console_out: Box<dyn Write + Send>,
         console_in: Option<Box<dyn Read + Send>>,
     ) -> Result<Self, VmmError> {
@@ -248,10 +299,10 @@ impl Vm {
             });
         }
         let mem = memory::create(cfg.mem_bytes)?;
-        let kernel = read_payload(&cfg.kernel, cfg.mem_bytes)?;
+        // Taken, not copied: a live ISO's initrd may be tens of MiB.
+        let kernel = read_payload(cfg.kernel, cfg.mem_bytes)?;
         let initrd = cfg
             .initrd
-            .as_ref()
             .map(|p| read_payload(p, cfg.mem_bytes))
             .transpose()?;
         let loaded = boot::load(
@@ -261,7 +312,17 @@ impl Vm {
             initrd.as_deref(),
             &cfg.cmdline,
         )?;
-        let (kvm, vmfd) = vm::create(&mem)?;
+        drop((kernel, initrd));
+        let (kvm, vmfd) = match files.kvm {
+            // SAFETY: the caller opened this file on /dev/kvm and gives up
+            // its ownership here.
+            Some(f) => vm::create_with(
+                unsafe { kvm_ioctls::Kvm::from_raw_fd(f.into_raw_fd()) },
+                &mem,
+            )?,
+            None => vm::create(&mem)?,
+        };
+        let mut disk_ro_file = files.disk_ro;
 
         let irqfd = |irq: u32| -> Result<EventFd, VmmError> {
             let e = |r: String| VmmError::Irq { irq, reason: r };
@@ -279,8 +340,14 @@ impl Vm {
         ];
         let mut bar = layout::PCI_MMIO_START;
         for (i, (path, writable, id)) in disks.iter().enumerate() {
-            let Some(path) = path else { continue };
-            let disk = open_disk(path, *writable)?;
+            let disk = match (i, disk_ro_file.take(), path) {
+                (0, Some(f), _) => FileDisk::new(f).map_err(|source| VmmError::OpenDisk {
+                    path: PathBuf::from("(inherited disk)"),
+                    source,
+                })?,
+                (_, _, Some(path)) => open_disk(path, *writable)?,
+                _ => continue,
+            };
             let line = VIRTIO_IRQS[i];
             let fd = irqfd(u32::from(line))?;
             let dev = VirtioPciBlock::new(
@@ -298,6 +365,34 @@ impl Vm {
                 pci_irqs.push((slot, line));
             }
         }
+        let mut net_rx = None;
+        if let Some(n) = cfg.net {
+            let net = Net::new(n.mac, n.mtu, Box::new(n.socket.clone()))?;
+            let fd = irqfd(u32::from(VIRTIO_NET_IRQ))?;
+            let rx = NetRx {
+                socket: n.socket,
+                slot: 0,
+                max_frame: net.max_frame_len(),
+                counters: net.counters(),
+                stop: EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmmError::Irq {
+                    irq: u32::from(VIRTIO_NET_IRQ),
+                    reason: format!("stop event of the network thread: {e}"),
+                })?,
+            };
+            let dev = VirtioPciNet::new(
+                net,
+                mem.clone(),
+                bar,
+                VIRTIO_NET_IRQ,
+                Box::new(move || {
+                    let _ = fd.write(1);
+                }),
+            );
+            if let Some(slot) = pci.add(Box::new(dev)) {
+                pci_irqs.push((slot, VIRTIO_NET_IRQ));
+                net_rx = Some(NetRx { slot, ..rx });
+            }
+        }
         let table = mptable::build(cfg.vcpus, &pci_irqs)?;
         mem.write_slice(&table, GuestAddress(layout::MPTABLE_START))
             .map_err(|_| boot::BootError::GuestWrite { what: "MP table" })?;
@@ -313,7 +408,9 @@ impl Vm {
             handle: VmHandle {
                 stop: Arc::new(AtomicBool::new(false)),
                 threads: Arc::new(Mutex::new(Vec::new())),
+                net: net_rx.as_ref().map(|n| n.counters.clone()),
             },
+            net_rx,
         })
     }
 
@@ -363,6 +460,7 @@ impl Vm {
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
+                    crate::confine::enter(VmmThread::Vcpu);
                     let r = vcpu::run(id as u8, &mut fd, &bus, &stop);
                     let _ = tx.send(r);
                 });
@@ -371,7 +469,8 @@ impl Vm {
                 Err(e) => {
                     // Do not leave the vCPUs already started running.
                     self.handle.stop.store(true, Ordering::Release);
-                    self.stop_and_join(joins);
+                    let pending = joins.len();
+                    self.stop_and_join(joins, &rx, pending);
                     return Err(VmmError::Spawn(e));
                 }
             };
@@ -386,11 +485,31 @@ impl Vm {
         if let Some(input) = self.console_in.take() {
             spawn_console_input(input, self.bus.clone(), self.handle.stop.clone());
         }
+        let net_thread = match self.net_rx.take() {
+            Some(n) => match n.spawn(self.bus.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.handle.stop.store(true, Ordering::Release);
+                    let pending = joins.len();
+                    self.stop_and_join(joins, &rx, pending);
+                    return Err(VmmError::Spawn(e));
+                }
+            },
+            None => None,
+        };
+        // From here this thread only waits, kicks and joins.
+        crate::confine::enter(VmmThread::Control);
 
         // The first vCPU to finish decides the outcome; the rest are kicked.
         let first = rx.recv().unwrap_or(Ok(VcpuOutcome::Stopped));
         self.handle.stop.store(true, Ordering::Release);
-        self.stop_and_join(joins);
+        let pending = joins.len().saturating_sub(1);
+        self.stop_and_join(joins, &rx, pending);
+        if let Some((stop, t)) = net_thread {
+            // Nothing reaches the guest's memory once run() returns.
+            let _ = stop.write(1);
+            let _ = t.join();
+        }
         match first? {
             VcpuOutcome::PowerOff(status) => Ok(VmExit::PowerOff { status }),
             VcpuOutcome::Reset => Ok(VmExit::Reset),
@@ -401,12 +520,25 @@ impl Vm {
 }
 
 impl Vm {
-    /// Kicks every vCPU thread until all have left their run loop (the
-    /// stop flag must already be set), then joins them.
-    fn stop_and_join(&self, joins: Vec<std::thread::JoinHandle<()>>) {
-        while joins.iter().any(|j| !j.is_finished()) {
+    /// Kicks the vCPU threads until the `pending` ones that have not yet
+    /// reported on `done` have left their run loop (the stop flag must
+    /// already be set), then joins them all. Each thread reports as its
+    /// last act, so the wait ends as soon as the last one leaves, not on
+    /// a polling tick.
+    fn stop_and_join(
+        &self,
+        joins: Vec<std::thread::JoinHandle<()>>,
+        done: &mpsc::Receiver<Result<VcpuOutcome, VcpuError>>,
+        mut pending: usize,
+    ) {
+        // A thread that panicked never reports: finished threads count too.
+        while pending > 0 && joins.iter().any(|j| !j.is_finished()) {
             kick(&self.handle.threads);
-            std::thread::sleep(Duration::from_millis(1));
+            match done.recv_timeout(Duration::from_millis(1)) {
+                Ok(_) => pending -= 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         }
         self.handle
             .threads
@@ -416,6 +548,55 @@ impl Vm {
         for j in joins {
             let _ = j.join();
         }
+    }
+}
+
+/// The network device's receive side: frames from the socket into the
+/// device in `slot`, on a thread of its own.
+struct NetRx {
+    socket: FrameSocket,
+    slot: u8,
+    max_frame: usize,
+    counters: Arc<NetCounters>,
+    stop: EventFd,
+}
+
+impl NetRx {
+    /// Starts the thread; returns its stop event and handle.
+    fn spawn(
+        self,
+        bus: Arc<Mutex<Bus>>,
+    ) -> std::io::Result<(EventFd, std::thread::JoinHandle<()>)> {
+        let stop = self.stop.try_clone()?;
+        let t = std::thread::Builder::new()
+            .name("net-rx".into())
+            .spawn(move || {
+                crate::confine::enter(VmmThread::Device);
+                let deliver = |frame: &[u8]| {
+                    let mut b = bus
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let dev = b
+                        .pci
+                        .device_mut(self.slot)
+                        .and_then(|d| d.as_any_mut())
+                        .and_then(|d| d.downcast_mut::<VirtioPciNet>());
+                    if let Some(dev) = dev {
+                        // Drops are counted by the device.
+                        let _ = dev.receive_frame(frame);
+                    }
+                };
+                // An error here (poll or recv failing) ends the receive
+                // side only; the guest sees a silent link.
+                let _ = frame_socket::pump_rx(
+                    &self.socket,
+                    &self.stop,
+                    self.max_frame,
+                    &self.counters,
+                    deliver,
+                );
+            })?;
+        Ok((stop, t))
     }
 }
 
@@ -429,6 +610,7 @@ fn spawn_console_input(
     let _ = std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            crate::confine::enter(VmmThread::Device);
             let mut buf = [0u8; 64];
             loop {
                 let n = match input.read(&mut buf) {
@@ -474,13 +656,26 @@ pub fn from_iso(iso_path: &Path, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, V
         source,
     };
     let f = File::open(iso_path).map_err(|e| err(IsoError::Io(e)))?;
-    let mut r = IsoReader::new(std::io::BufReader::new(f)).map_err(err)?;
-    let plan = iso::inspect(&mut r).map_err(err)?;
-    let kernel = r.read_path(&plan.kernel.path, mem_bytes).map_err(err)?;
+    let mut boot = boot_from_iso_reader(&f, vcpus, mem_bytes).map_err(err)?;
+    boot.config.disk_ro = Some(iso_path.to_owned());
+    Ok(boot)
+}
+
+/// [`from_iso`] on an ISO already open (a confined VMM has no paths); the
+/// config has no `disk_ro`: hand the file to [`Vm::with_files`] for it.
+pub fn from_iso_file(iso: &File, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, VmmError> {
+    boot_from_iso_reader(iso, vcpus, mem_bytes).map_err(|source| VmmError::Iso {
+        path: PathBuf::from("(inherited ISO)"),
+        source,
+    })
+}
+
+fn boot_from_iso_reader(f: &File, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, IsoError> {
+    let mut r = IsoReader::new(std::io::BufReader::new(f))?;
+    let plan = iso::inspect(&mut r)?;
+    let kernel = r.read_path(&plan.kernel.path, mem_bytes)?;
     let initrd = match &plan.initrd {
-        Some(i) => Some(Payload::Bytes(
-            r.read_path(&i.path, mem_bytes).map_err(err)?,
-        )),
+        Some(i) => Some(Payload::Bytes(r.read_path(&i.path, mem_bytes)?)),
         None => None,
     };
     let cmdline = if plan.cmdline.is_empty() {
@@ -495,8 +690,9 @@ pub fn from_iso(iso_path: &Path, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, V
             kernel: Payload::Bytes(kernel),
             initrd,
             cmdline,
-            disk_ro: Some(iso_path.to_owned()),
+            disk_ro: None,
             scratch: None,
+            net: None,
         },
         plan,
     })

@@ -10,10 +10,14 @@
 
 pub mod arch;
 pub mod builder;
+pub mod confine;
 pub mod devices;
 pub mod iso;
 pub mod kvm_kind;
 pub mod vstate;
 
-pub use builder::{from_iso, IsoBoot, Payload, Vm, VmConfig, VmExit, VmHandle, VmmError};
+pub use builder::{
+    from_iso, from_iso_file, HostFiles, IsoBoot, NetConfig, Payload, Vm, VmConfig, VmExit,
+    VmHandle, VmmError,
+};
 pub use kvm_kind::{kvm_kind, KvmKind};

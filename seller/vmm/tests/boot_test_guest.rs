@@ -19,6 +19,7 @@ fn config(cmdline: &str) -> VmConfig {
         cmdline: cmdline.into(),
         disk_ro: None,
         scratch: None,
+        net: None,
     }
 }
 

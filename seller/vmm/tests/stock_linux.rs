@@ -80,6 +80,7 @@ fn debian_kernel_finds_the_virtio_disk_on_hardware_kvm() {
         cmdline: "console=ttyS0 reboot=k panic=-1 break=top".into(),
         disk_ro: Some(disk.path().to_owned()),
         scratch: None,
+        net: None,
     };
     let vm = Vm::new(cfg, Box::new(sink.clone()), Some(Box::new(typing))).unwrap();
     let h = vm.handle();

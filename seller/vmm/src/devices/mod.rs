@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod frame_socket;
 pub mod i8042;
 pub mod pci;
 pub mod serial;

@@ -29,7 +29,12 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 /// Opens KVM and creates a VM with irqchip, PIT and `mem` mapped.
 pub fn create(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
-    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    create_with(Kvm::new().map_err(VmError::OpenKvm)?, mem)
+}
+
+/// Creates a VM with irqchip, PIT and `mem` mapped on an already open
+/// `/dev/kvm` (a confined VMM cannot open it by path).
+pub fn create_with(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;

@@ -29,6 +29,11 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// Writes within BAR `bar` at `offset`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// The concrete device, for the shell to hand it device-side events
+    /// (e.g. a received frame); `None` for devices that take none.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
 }
 
 /// The host bridge itself, device 0 (a Red Hat "QEMU PCIe host bridge" id

@@ -271,6 +271,27 @@ impl Block {
     }
 }
 
+impl super::VirtioDevice for Block {
+    fn device_type(&self) -> u16 {
+        DEVICE_TYPE
+    }
+    fn pci_class(&self) -> u32 {
+        0x01_80_00 // mass storage, other
+    }
+    fn features(&self) -> u64 {
+        Block::features(self)
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_MAX_SIZE]
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.config(), offset, data);
+    }
+    fn queue_notify(&mut self, index: u16, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        index == 0 && self.process_queue(queue, mem)
+    }
+}
+
 /// Address helper for tests and the transport.
 pub fn ga(a: u64) -> GuestAddress {
     GuestAddress(a)

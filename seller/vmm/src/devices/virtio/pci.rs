@@ -3,11 +3,13 @@
 //! device-specific and notification structures, each found through a
 //! vendor-specific capability. Interrupts are INTx (no MSI-X yet).
 
+use std::any::Any;
+
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::block::{Block, DEVICE_TYPE, QUEUE_MAX_SIZE};
-use super::status;
+use super::block::Block;
+use super::{status, VirtioDevice};
 use crate::devices::pci::config_space::{ConfigSpace, PciId};
 use crate::devices::pci::PciDevice;
 
@@ -36,11 +38,11 @@ const NO_VECTOR: u16 = 0xffff;
 /// Raises the device's interrupt line (an irqfd in the VMM, a counter in tests).
 pub type IrqLine = Box<dyn Fn() + Send>;
 
-/// A virtio-blk function on the PCI bus.
-pub struct VirtioPciBlock {
+/// A virtio function on the PCI bus, driving device model `D`.
+pub struct VirtioPci<D> {
     config: ConfigSpace,
-    block: Block,
-    queue: Queue,
+    device: D,
+    queues: Vec<Queue>,
     mem: GuestMemoryMmap,
     irq: IrqLine,
     device_status: u8,
@@ -54,21 +56,18 @@ pub struct VirtioPciBlock {
     pci_cfg_cap: usize,
 }
 
-impl VirtioPciBlock {
+/// A virtio-blk function on the PCI bus.
+pub type VirtioPciBlock = VirtioPci<Block>;
+
+impl<D: VirtioDevice> VirtioPci<D> {
     /// Builds the function with BAR 0 at `bar_addr` and INTx on `irq_line`.
-    pub fn new(
-        block: Block,
-        mem: GuestMemoryMmap,
-        bar_addr: u64,
-        irq_line: u8,
-        irq: IrqLine,
-    ) -> Self {
+    pub fn new(device: D, mem: GuestMemoryMmap, bar_addr: u64, irq_line: u8, irq: IrqLine) -> Self {
         let mut config = ConfigSpace::new(
             PciId {
                 vendor: 0x1af4,
-                device: 0x1040 + DEVICE_TYPE,
+                device: 0x1040 + device.device_type(),
                 revision: 1,
-                class: 0x01_80_00, // mass storage, other
+                class: device.pci_class(),
                 subsystem_vendor: 0x1af4,
                 subsystem: 0x1100,
             },
@@ -96,10 +95,15 @@ impl VirtioPciBlock {
         let pci_cfg_cap = config.add_capability(&cap(CFG_PCI, 0, 0, &[0; 4]));
         config.set_writable(pci_cfg_cap + 4, 1);
         config.set_writable(pci_cfg_cap + 8, 8);
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).expect("device models offer power-of-two queue sizes"))
+            .collect();
         Self {
             config,
-            block,
-            queue: Queue::new(QUEUE_MAX_SIZE).expect("256 is a valid power-of-two queue size"),
+            device,
+            queues,
             mem,
             irq,
             device_status: 0,
@@ -131,44 +135,73 @@ impl VirtioPciBlock {
     fn reset(&mut self) {
         self.device_status = 0;
         self.driver_features = 0;
-        self.queue.reset();
+        self.queues.iter_mut().for_each(Queue::reset);
         self.isr = 0;
+    }
+
+    /// The device model.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// Runs `f` on queue `index` when the driver has set it up (DRIVER_OK,
+    /// queue ready and valid), raising the interrupt if `f` returns true.
+    /// Returns `None`, without calling `f`, when the queue is not live: how
+    /// the shell hands device-side events (a received frame) to the model.
+    pub fn with_live_queue<R>(
+        &mut self,
+        index: u16,
+        f: impl FnOnce(&mut D, &mut Queue, &GuestMemoryMmap) -> (R, bool),
+    ) -> Option<R> {
+        if self.device_status & status::DRIVER_OK == 0 {
+            return None;
+        }
+        let queue = self.queues.get_mut(usize::from(index))?;
+        if !queue.ready() || !queue.is_valid(&self.mem) {
+            return None;
+        }
+        let (r, interrupt) = f(&mut self.device, queue, &self.mem);
+        if interrupt {
+            self.isr |= 1;
+            (self.irq)();
+        }
+        Some(r)
     }
 
     /// The value of common configuration register at `off` (by its start).
     fn common_read(&self, off: u64) -> u64 {
-        let q = self.queue_select == 0;
-        match off {
-            0x00 => u64::from(self.device_feature_select),
-            0x04 => match self.device_feature_select {
-                0 => self.block.features() & 0xffff_ffff,
-                1 => self.block.features() >> 32,
+        let q = self.queues.get(usize::from(self.queue_select));
+        match (off, q) {
+            (0x00, _) => u64::from(self.device_feature_select),
+            (0x04, _) => match self.device_feature_select {
+                0 => self.device.features() & 0xffff_ffff,
+                1 => self.device.features() >> 32,
                 _ => 0,
             },
-            0x08 => u64::from(self.driver_feature_select),
-            0x0c => match self.driver_feature_select {
+            (0x08, _) => u64::from(self.driver_feature_select),
+            (0x0c, _) => match self.driver_feature_select {
                 0 => self.driver_features & 0xffff_ffff,
                 1 => self.driver_features >> 32,
                 _ => 0,
             },
-            0x10 => u64::from(NO_VECTOR),
-            0x12 => 1,
-            0x14 => u64::from(self.device_status),
-            0x15 => u64::from(self.config_generation),
-            0x16 => u64::from(self.queue_select),
-            0x18 if q => u64::from(self.queue.size()),
-            0x1a => u64::from(NO_VECTOR),
-            0x1c if q => u64::from(self.queue.ready()),
-            0x1e => u64::from(self.queue_select),
-            0x20 if q => self.queue.desc_table(),
-            0x28 if q => self.queue.avail_ring(),
-            0x30 if q => self.queue.used_ring(),
+            (0x10, _) => u64::from(NO_VECTOR),
+            (0x12, _) => self.queues.len() as u64,
+            (0x14, _) => u64::from(self.device_status),
+            (0x15, _) => u64::from(self.config_generation),
+            (0x16, _) => u64::from(self.queue_select),
+            // A size of 0 tells the driver the selected queue does not exist.
+            (0x18, Some(q)) => u64::from(q.size()),
+            (0x1a, _) => u64::from(NO_VECTOR),
+            (0x1c, Some(q)) => u64::from(q.ready()),
+            (0x1e, _) => u64::from(self.queue_select),
+            (0x20, Some(q)) => q.desc_table(),
+            (0x28, Some(q)) => q.avail_ring(),
+            (0x30, Some(q)) => q.used_ring(),
             _ => 0,
         }
     }
 
     fn common_write(&mut self, off: u64, v: u64, len: usize) {
-        let q = self.queue_select == 0;
         let lo = Some(v as u32);
         let hi = (len == 8).then_some((v >> 32) as u32);
         match off {
@@ -183,15 +216,22 @@ impl VirtioPciBlock {
             },
             0x14 => self.set_status(v as u8),
             0x16 => self.queue_select = v as u16,
-            0x18 if q => self.queue.set_size(v as u16),
-            0x1c if q => self.queue.set_ready(v & 1 == 1),
-            0x20 if q => self.queue.set_desc_table_address(lo, hi),
-            0x24 if q => self.queue.set_desc_table_address(None, lo),
-            0x28 if q => self.queue.set_avail_ring_address(lo, hi),
-            0x2c if q => self.queue.set_avail_ring_address(None, lo),
-            0x30 if q => self.queue.set_used_ring_address(lo, hi),
-            0x34 if q => self.queue.set_used_ring_address(None, lo),
-            _ => {}
+            _ => {
+                let Some(q) = self.queues.get_mut(usize::from(self.queue_select)) else {
+                    return;
+                };
+                match off {
+                    0x18 => q.set_size(v as u16),
+                    0x1c => q.set_ready(v & 1 == 1),
+                    0x20 => q.set_desc_table_address(lo, hi),
+                    0x24 => q.set_desc_table_address(None, lo),
+                    0x28 => q.set_avail_ring_address(lo, hi),
+                    0x2c => q.set_avail_ring_address(None, lo),
+                    0x30 => q.set_used_ring_address(lo, hi),
+                    0x34 => q.set_used_ring_address(None, lo),
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -204,7 +244,7 @@ impl VirtioPciBlock {
         // FEATURES_OK only sticks if the driver took a subset of our offer
         // that includes VERSION_1 (virtio 1.2, 3.1.1).
         if v & status::FEATURES_OK != 0 && self.device_status & status::FEATURES_OK == 0 {
-            let offered = self.block.features();
+            let offered = self.device.features();
             if self.driver_features & !offered != 0
                 || self.driver_features & super::VIRTIO_F_VERSION_1 == 0
             {
@@ -214,15 +254,18 @@ impl VirtioPciBlock {
         self.device_status = v;
     }
 
-    fn notify(&mut self, queue: u16) {
-        if queue != 0 || self.device_status & status::DRIVER_OK == 0 || !self.queue.ready() {
+    fn notify(&mut self, index: u16) {
+        let Some(queue) = self.queues.get_mut(usize::from(index)) else {
+            return;
+        };
+        if self.device_status & status::DRIVER_OK == 0 || !queue.ready() {
             return;
         }
-        if !self.queue.is_valid(&self.mem) {
+        if !queue.is_valid(&self.mem) {
             self.device_status |= status::DEVICE_NEEDS_RESET;
             return;
         }
-        if self.block.process_queue(&mut self.queue, &self.mem) {
+        if self.device.queue_notify(index, queue, &self.mem) {
             self.isr |= 1;
             (self.irq)();
         }
@@ -242,7 +285,7 @@ fn from_le(data: &[u8]) -> u64 {
     u64::from_le_bytes(b)
 }
 
-impl PciDevice for VirtioPciBlock {
+impl<D: VirtioDevice + 'static> PciDevice for VirtioPci<D> {
     fn config(&self) -> &ConfigSpace {
         &self.config
     }
@@ -283,11 +326,7 @@ impl PciDevice for VirtioPciBlock {
                 self.isr = 0;
             }
             o if (DEVICE_OFF..DEVICE_OFF + u64::from(DEVICE_LEN)).contains(&o) => {
-                let cfg = self.block.config();
-                let start = (o - DEVICE_OFF) as usize;
-                for (i, b) in data.iter_mut().enumerate() {
-                    *b = cfg.get(start + i).copied().unwrap_or(0);
-                }
+                self.device.read_config(o - DEVICE_OFF, data)
             }
             _ => {}
         }
@@ -303,6 +342,10 @@ impl PciDevice for VirtioPciBlock {
             }
             _ => {}
         }
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
 }
 
