@@ -4,8 +4,12 @@
 //! 1. sandbox start: spawn to `Ready`, and spawn to the end of a tiny job,
 //!    with the full jail + seccomp, with the jail only, and with neither;
 //! 2. a syscall-heavy guest (`syscalls.wasm`) with and without seccomp;
-//! 3. host impact: `sha256sum` of a large file alone, then beside two busy
-//!    confined leases on this machine.
+//! 3. host impact: `sha256sum` of a large file alone, beside two busy
+//!    guests run as plain processes (no jail, no cgroup, normal priority),
+//!    and beside two busy confined leases (SCHED_IDLE, lowest CPU weight);
+//!    the first comparison is what the hardware itself shares (caches,
+//!    memory bandwidth, the host under this VM), the second what is left
+//!    after confinement.
 //!
 //!   cargo bench -p cpushare-seller --bench confinement [-- ROUNDS]
 
@@ -119,6 +123,44 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// Starts two sandboxes that burn CPU for ten minutes (`busy.wasm`);
+    /// without `cgroup`, and with `mode` off, they are plain processes at
+    /// normal priority, as an unconfined runtime would be.
+    async fn start_busy(&mut self, mode: Mode, cgroup: bool) -> Vec<Sandbox> {
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let wasm = guest_modules::bytes("busy");
+            let id = ContentId::of(&wasm).hex();
+            let loaded = self.runtime.load(&id, &wasm).unwrap();
+            let compiled = self.runtime.compiled_bytes(&loaded).unwrap();
+            let (spec, cg) = self.spec(mode);
+            let mut sb = Sandbox::spawn(&spec, cgroup.then_some(cg)).unwrap();
+            assert!(matches!(sb.next().await, Some(FromSandbox::Ready)));
+            let job = SandboxJob {
+                image_hex: id,
+                args: vec!["600".into()],
+                memory_bytes: 64 * MIB,
+                cpu_time_ms: 600_000,
+                wall_time_ms: 600_000,
+                ..SandboxJob::default()
+            };
+            sb.send_job(&wasm, &compiled, job).await.unwrap();
+            assert!(matches!(sb.next().await, Some(FromSandbox::Started)));
+            busy.push(sb);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        busy
+    }
+}
+
+async fn stop_all(busy: Vec<Sandbox>) {
+    for mut sb in busy {
+        sb.kill();
+        let _ = sb.reap(None).await;
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -225,42 +267,46 @@ async fn main() {
         (w.as_secs_f64() / wo.as_secs_f64() - 1.0) * 100.0
     );
 
-    println!("\n== host impact (sha256sum of a 512 MiB file, 3 runs each, medians)");
+    let rounds = 5;
+    println!(
+        "\n== host impact (sha256sum of a 512 MiB file, {rounds} interleaved rounds, medians)"
+    );
     let file = b.home.path().join("big");
     std::fs::write(&file, vec![0x5au8; 512 << 20]).unwrap();
     sha256sum(&file);
-    let alone = median((0..3).map(|_| sha256sum(&file)).collect());
-    let mut busy = Vec::new();
-    for _ in 0..2 {
-        let wasm = guest_modules::bytes("busy");
-        let id = ContentId::of(&wasm).hex();
-        let loaded = b.runtime.load(&id, &wasm).unwrap();
-        let compiled = b.runtime.compiled_bytes(&loaded).unwrap();
-        let (spec, cg) = b.spec(full);
-        let mut sb = Sandbox::spawn(&spec, Some(cg)).unwrap();
-        assert!(matches!(sb.next().await, Some(FromSandbox::Ready)));
-        let job = SandboxJob {
-            image_hex: id,
-            args: vec!["600".into()],
-            memory_bytes: 64 * MIB,
-            cpu_time_ms: 600_000,
-            wall_time_ms: 600_000,
-            ..SandboxJob::default()
-        };
-        sb.send_job(&wasm, &compiled, job).await.unwrap();
-        assert!(matches!(sb.next().await, Some(FromSandbox::Started)));
-        busy.push(sb);
+    let (mut alone, mut plain, mut confined) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved, so drift in the shared host's speed hits all three alike.
+    for _ in 0..rounds {
+        alone.push(sha256sum(&file));
+        let busy = b
+            .start_busy(
+                Mode {
+                    jail: false,
+                    seccomp: false,
+                },
+                false,
+            )
+            .await;
+        plain.push(sha256sum(&file));
+        stop_all(busy).await;
+        let busy = b.start_busy(full, true).await;
+        confined.push(sha256sum(&file));
+        stop_all(busy).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let beside = median((0..3).map(|_| sha256sum(&file)).collect());
-    for mut sb in busy {
-        sb.kill();
-        let _ = sb.reap(None).await;
-    }
-    println!("{:24} {}", "alone", ms(alone));
-    println!("{:24} {}", "beside 2 busy leases", ms(beside));
+    let (alone, plain, confined) = (median(alone), median(plain), median(confined));
+    let slowdown = |d: Duration| (d.as_secs_f64() / alone.as_secs_f64() - 1.0) * 100.0;
+    println!("{:44} {}", "alone", ms(alone));
     println!(
-        "host slowdown: {:+.1} %",
-        (beside.as_secs_f64() / alone.as_secs_f64() - 1.0) * 100.0
+        "{:44} {}  {:+.1} %",
+        "beside 2 busy guests, no jail, no cgroup",
+        ms(plain),
+        slowdown(plain)
     );
+    println!(
+        "{:44} {}  {:+.1} %",
+        "beside 2 busy confined leases",
+        ms(confined),
+        slowdown(confined)
+    );
+    println!("host slowdown: {:+.1} %", slowdown(confined));
 }

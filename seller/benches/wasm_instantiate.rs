@@ -59,6 +59,7 @@ fn main() {
         stdin: vec![],
         scratch_dir: scratch,
         interrupt: None,
+        raise: None,
     };
     let limits = Limits {
         memory_bytes: 64 << 20,

@@ -57,6 +57,11 @@ enum Cmd {
         /// useful only for ring-3 test guests.
         #[arg(long)]
         allow_software_kvm: bool,
+        /// Wasm sandboxes kept started and confined, each waiting for one
+        /// lease, so a job does not wait for its sandbox to be built
+        /// (each costs about 10 MiB while it waits). 0 turns this off.
+        #[arg(long, default_value_t = 2)]
+        warm: usize,
     },
     /// Check what confinement and VM leases need from this host.
     Doctor {
@@ -85,6 +90,18 @@ enum Cmd {
         /// Measurement only: no seccomp filters.
         #[arg(long)]
         no_seccomp: bool,
+        /// The daemon's pid: the sandbox dies with it.
+        #[arg(long)]
+        daemon_pid: Option<u32>,
+        /// A `cgroup.procs` file of the lease's cgroup to join (repeatable).
+        #[arg(long)]
+        cgroup_procs: Vec<PathBuf>,
+        /// VM mode: boot this ISO (from the daemon's image cache) in the VMM.
+        #[arg(long)]
+        vm_iso: Option<PathBuf>,
+        /// VM mode: the daemon's socket for the guest NIC's frames.
+        #[arg(long)]
+        vm_net_socket: Option<PathBuf>,
     },
 }
 
@@ -108,6 +125,10 @@ fn main() -> anyhow::Result<()> {
             max_memory,
             no_jail,
             no_seccomp,
+            daemon_pid,
+            cgroup_procs,
+            vm_iso,
+            vm_net_socket,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
@@ -121,6 +142,10 @@ fn main() -> anyhow::Result<()> {
                 max_memory_bytes: max_memory,
                 jail: !no_jail,
                 seccomp: !no_seccomp,
+                daemon_pid,
+                cgroup_procs,
+                vm_iso,
+                vm_net_socket,
             }))
         }
         Cmd::Doctor { json } => {
@@ -167,6 +192,7 @@ async fn serve(home_dir: PathBuf, cmd: Cmd) -> anyhow::Result<()> {
             min_minutes,
             max_minutes,
             allow_software_kvm,
+            warm,
         } => {
             home.info().context("cannot run before enrolling")?;
             if kinds.contains(&SandboxKind::Vm) {
@@ -183,6 +209,7 @@ async fn serve(home_dir: PathBuf, cmd: Cmd) -> anyhow::Result<()> {
                     ),
                 }
             }
+            let kinds_has_wasm = kinds.contains(&SandboxKind::Wasm);
             daemon::run(SellerConfig {
                 home,
                 offer: SellOffer {
@@ -193,6 +220,7 @@ async fn serve(home_dir: PathBuf, cmd: Cmd) -> anyhow::Result<()> {
                     min_minutes,
                     max_minutes,
                 },
+                warm: if kinds_has_wasm { warm } else { 0 },
             })
             .await
         }

@@ -318,12 +318,12 @@ async fn a_running_sandbox_is_filtered_unprivileged_and_limited() {
     let dirs = cg.dirs().to_vec();
     if dirs.len() == 1 {
         assert_eq!(read(&dirs[0], "memory.max"), want_mem);
-        assert_eq!(read(&dirs[0], "pids.max"), MAX_TASKS.to_string());
+        assert_eq!(read(&dirs[0], "pids.max"), (MAX_TASKS + 1).to_string());
         assert_eq!(read(&dirs[0], "cpu.max"), "100000 100000");
         assert_eq!(read(&dirs[0], "cpu.weight"), "1");
     } else {
         assert_eq!(read(&dirs[0], "memory.limit_in_bytes"), want_mem);
-        assert_eq!(read(&dirs[1], "pids.max"), MAX_TASKS.to_string());
+        assert_eq!(read(&dirs[1], "pids.max"), (MAX_TASKS + 1).to_string());
         assert_eq!(read(&dirs[2], "cpu.cfs_quota_us"), "100000");
         assert_eq!(read(&dirs[2], "cpu.shares"), "2");
     }

@@ -101,6 +101,7 @@ fn job(scratch: &Path, args: &[&str]) -> JobSpec {
         stdin: vec![],
         scratch_dir: scratch.to_path_buf(),
         interrupt: None,
+        raise: None,
     }
 }
 

@@ -9,7 +9,10 @@
 //! `seller lost` and will not pay for more).
 
 mod fetch;
+mod sandbox_pool;
+mod shares;
 mod vm_job;
+mod vnet_lease;
 mod wasm_job;
 
 use crate::cache::ImageCache;
@@ -36,6 +39,8 @@ pub struct SellerConfig {
     pub home: Home,
     /// What to offer.
     pub offer: SellOffer,
+    /// Wasm sandboxes to keep confined and waiting for leases.
+    pub warm: usize,
 }
 
 /// One lease the daemon is running.
@@ -45,6 +50,8 @@ struct Running {
     /// Where the buyer's typed input goes (VM consoles); dropped with the
     /// lease, which ends the console's input.
     console: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    /// Minutes the lease is paid for in all; raised by renewals.
+    minutes: tokio::sync::watch::Sender<u32>,
 }
 
 /// Tells a lease's supervisor that the broker (or a lost session) ended it.
@@ -93,6 +100,8 @@ struct Ctx {
     runtime: Arc<WasmRuntime>,
     scratch_root: PathBuf,
     jail: Arc<JailSetup>,
+    vnet: vnet_lease::VnetLeases,
+    pool: sandbox_pool::SandboxPool,
 }
 
 /// Runs the daemon until it is killed, reconnecting as needed.
@@ -118,10 +127,18 @@ pub async fn run(cfg: SellerConfig) -> anyhow::Result<()> {
     // Scratch left by a previous run belongs to leases that are over.
     let _ = std::fs::remove_dir_all(&scratch_root);
     std::fs::create_dir_all(&scratch_root)?;
+    // One pool for the daemon's life: waiting sandboxes survive reconnects.
+    let pool = sandbox_pool::SandboxPool::new(
+        cfg.warm,
+        jail.clone(),
+        scratch_root.clone(),
+        runtime.max_memory_bytes(),
+    );
+    pool.fill();
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        match session(&cfg, &cache, &runtime, &scratch_root, &jail).await {
+        match session(&cfg, &cache, &runtime, &scratch_root, &jail, &pool).await {
             Ok(()) => tracing::warn!("broker ended the session"),
             Err(e) => tracing::warn!("session failed: {e:#}"),
         }
@@ -140,6 +157,7 @@ async fn session(
     runtime: &Arc<WasmRuntime>,
     scratch_root: &std::path::Path,
     jail: &Arc<JailSetup>,
+    pool: &sandbox_pool::SandboxPool,
 ) -> anyhow::Result<()> {
     let client: Client = cfg.home.connect().await?;
     let (mut send, mut recv) = client.open().await?;
@@ -190,6 +208,8 @@ async fn session(
         runtime: runtime.clone(),
         scratch_root: scratch_root.to_path_buf(),
         jail: jail.clone(),
+        vnet: vnet_lease::VnetLeases::new(cfg.home.dir().join("vnet")),
+        pool: pool.clone(),
     };
     let result = loop {
         let msg = match frame::read::<BrokerMsg, _>(&mut recv).await {
@@ -212,11 +232,23 @@ async fn session(
                     let _ = console.send(data);
                 }
             }
+            BrokerMsg::Vnet { lease, view } => ctx.vnet.apply(&lease, view),
+            BrokerMsg::Extend { lease, minutes } => {
+                if let Some(r) = lock(&leases).get(&lease) {
+                    tracing::info!(%lease, minutes, "lease renewed");
+                    r.minutes.send_if_modified(|m| {
+                        let grew = minutes > *m;
+                        *m = (*m).max(minutes);
+                        grew
+                    });
+                }
+            }
             BrokerMsg::Welcome { .. } => {}
             BrokerMsg::Error(e) => break Err(anyhow::anyhow!("the broker ended the session: {e}")),
         }
     };
     heart.abort();
+    ctx.vnet.clear();
     writer.abort();
     for r in lock(&leases).values() {
         r.stop.raise();
@@ -238,6 +270,7 @@ fn step(leases: &Leases, id: &str, event: LeaseEvent) -> Action {
 
 fn report(ctx: &Ctx, id: &str, end: LeaseEnd) {
     lock(&ctx.leases).remove(id);
+    ctx.vnet.lease_ended(id);
     tracing::info!(lease = %id, %end, "lease over");
     let _ = ctx.out.send(SellerMsg::Ended {
         lease: id.to_string(),
@@ -254,15 +287,20 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
         }
         SandboxKind::Wasm => (None, None),
     };
+    let (minutes, paid) = tokio::sync::watch::channel(spec.minutes);
     lock(&ctx.leases).insert(
         spec.lease.clone(),
         Running {
             lease: Lease::new(),
             stop: stop.clone(),
             console,
+            minutes,
         },
     );
     tracing::info!(lease = %spec.lease, buyer = %spec.buyer, kind = %spec.kind, "lease assigned");
+    if ctx.vnet.wanted_for(spec.kind) {
+        ctx.vnet.lease_started(&spec.lease, &ctx.out);
+    }
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let id = spec.lease.clone();
@@ -278,11 +316,11 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
         }
         let bytes = fetched.expect("ImageReady only on success");
         let end = match spec.kind {
-            SandboxKind::Wasm => wasm_job::run(&ctx, &spec, bytes, stop).await,
+            SandboxKind::Wasm => wasm_job::run(&ctx, &spec, bytes, stop, paid).await,
             SandboxKind::Vm => {
                 // The VMM reads the ISO from the image cache, not from memory.
                 drop(bytes);
-                vm_job::run(&ctx, &spec, stop, console_rx).await
+                vm_job::run(&ctx, &spec, stop, console_rx, paid).await
             }
         };
         if let Action::Report(end) = step(&ctx.leases, &id, LeaseEvent::SandboxExited(end)) {

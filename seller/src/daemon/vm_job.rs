@@ -1,143 +1,228 @@
-//! Running one VM lease: boot the buyer's live ISO in the microVMM, stream
-//! its serial console to the broker, end with the guest's power-off status.
+//! Running one VM lease: start a confined sandbox child in VM mode in the
+//! lease's cgroup (it opens `/dev/kvm` and the ISO from the image cache
+//! before it locks itself in, then boots the ISO in the microVMM), hand
+//! it the vCPUs and memory, forward its serial console to the broker and
+//! the buyer's typing to it, stop it on request (SIGKILL after a grace
+//! period), reap it and name the lease's end. The daemon never parses the
+//! buyer's ISO and never maps guest memory.
 
+use super::sandbox_pool::{attack_env, make_scratch};
 use super::{Ctx, StopSignal};
-use cpushare_proto::msg::{LeaseEnd, LeaseSpec, SellerMsg, StdStream};
-use cpushare_vmm::{from_iso, Vm, VmExit};
-use std::io::Write;
+use crate::jail::cgroup::LeaseCgroup;
+use crate::jail::frame_link::FrameListener;
+use crate::jail::supervisor::{self, SpawnSpec};
+use crate::jail::verdict;
+use crate::jail::vm_supervisor::{self, Event};
+use cpushare_proto::msg::{LeaseEnd, LeaseSpec, SandboxKind, SellerMsg};
+use cpushare_proto::sandbox::SandboxVmJob;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{mpsc, watch};
 
 /// Slack on the wall clock beyond the paid minutes (boot, console drain).
 const WALL_SLACK: Duration = Duration::from_secs(5);
 
-/// The guest's serial console, forwarded to the broker as the lease's stdout.
-struct Console {
-    lease: String,
-    out: UnboundedSender<SellerMsg>,
-}
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = self.out.send(SellerMsg::Output {
-            lease: self.lease.clone(),
-            stream: StdStream::Stdout,
-            data: buf.to_vec(),
-        });
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+fn failed(message: impl Into<String>) -> LeaseEnd {
+    LeaseEnd::Failed {
+        message: message.into(),
     }
 }
 
-/// The buyer's typed input, read by the VMM's console thread; ends (EOF)
-/// when the lease's sender is dropped.
-struct ConsoleInput {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-}
-
-impl std::io::Read for ConsoleInput {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.pending.is_empty() {
-            match self.rx.recv() {
-                Ok(data) => self.pending = data,
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.pending.len());
-        buf[..n].copy_from_slice(&self.pending[..n]);
-        self.pending.drain(..n);
-        Ok(n)
-    }
-}
-
-/// Boots the lease's ISO (already in the image cache) and runs it to its end.
+/// Boots the lease's ISO (already in the image cache) in a VM sandbox and
+/// runs it to its end.
 pub(super) async fn run(
     ctx: &Ctx,
     spec: &LeaseSpec,
     stop: Arc<StopSignal>,
     input: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    paid: watch::Receiver<u32>,
 ) -> LeaseEnd {
-    let iso = ctx.cache.path(&spec.image);
     let vcpus = match u8::try_from(spec.cpus) {
         Ok(n) if n > 0 => n,
         _ => {
-            return LeaseEnd::Failed {
-                message: format!("{} vCPUs is more than this VMM supports", spec.cpus),
+            return failed(format!(
+                "{} vCPUs is more than this VMM supports",
+                spec.cpus
+            ))
+        }
+    };
+    let uid = supervisor::next_uid();
+    let scratch = ctx.scratch_root.join(&spec.lease);
+    if let Err(e) = make_scratch(&scratch, uid) {
+        return failed(format!("seller could not create scratch space: {e}"));
+    }
+    // The console's typed input arrives on a blocking channel; a thread
+    // carries it to this task (and ends when the lease drops its sender).
+    let (console_tx, console_rx) = mpsc::unbounded_channel();
+    if let Some(input) = input {
+        std::thread::spawn(move || {
+            while let Ok(data) = input.recv() {
+                if console_tx.send(data).is_err() {
+                    break;
+                }
             }
-        }
+        });
+    }
+    // A VM job's arguments extend its kernel command line (the buyer's
+    // `cpushare.nfs=` shares among them).
+    let mut cmdline = spec.job.args.clone();
+    // The guest's vnet address, once the broker has placed the lease in
+    // its buyer's network; the guest configures its NIC from it.
+    if let Some((address, prefix)) = ctx.vnet.address(&spec.lease, VNET_WAIT).await {
+        cmdline.push(format!("cpushare.ip={address}/{prefix}"));
+    }
+    let job = SandboxVmJob {
+        vcpus,
+        mem_bytes: spec.mem_mib << 20,
+        cmdline,
     };
-    let mem_bytes = spec.mem_mib << 20;
-    let boot = match tokio::task::spawn_blocking(move || from_iso(&iso, vcpus, mem_bytes)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return LeaseEnd::Failed {
-                message: e.to_string(),
+    let end = supervise(ctx, spec, job, uid, &scratch, &stop, console_rx, paid).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    ctx: &Ctx,
+    spec: &LeaseSpec,
+    job: SandboxVmJob,
+    uid: u32,
+    scratch: &Path,
+    stop: &StopSignal,
+    console: mpsc::UnboundedReceiver<Vec<u8>>,
+    paid: watch::Receiver<u32>,
+) -> LeaseEnd {
+    let cgroup = match LeaseCgroup::create(
+        &ctx.jail.cgroups,
+        &format!("{}-{}", std::process::id(), spec.lease),
+        vm_supervisor::limits(job.mem_bytes, spec.cpus),
+    ) {
+        Ok(cg) => cg,
+        Err(e) => return failed(format!("seller could not create the lease's cgroup: {e}")),
+    };
+    let spawn_spec = SpawnSpec {
+        exe: ctx.jail.exe.clone(),
+        jail_root: ctx.jail.root.clone(),
+        scratch: scratch.to_path_buf(),
+        uid,
+        max_memory_bytes: job.mem_bytes,
+        jail: true,
+        seccomp: true,
+        env: attack_env(),
+    };
+    let iso = ctx.cache.path(&spec.image);
+    // The guest's NIC: its frames come to the daemon over a socket the
+    // sandbox connects before it locks itself in, and go to the lease's
+    // vnet node.
+    let nic = if ctx.vnet.wanted_for(SandboxKind::Vm) {
+        match nic_listener(ctx, spec) {
+            Ok(l) => Some(l),
+            Err(e) => return failed(format!("seller could not make the guest's NIC: {e}")),
+        }
+    } else {
+        None
+    };
+    let nic_path = nic.as_ref().map(|l| l.path().to_path_buf());
+    let mut sandbox = match vm_supervisor::spawn(&spawn_spec, &iso, nic_path.as_deref(), cgroup) {
+        Ok(s) => s,
+        Err(e) => return failed(format!("seller could not start the sandbox: {e}")),
+    };
+    if let Some(nic) = nic {
+        let vnet = ctx.vnet.clone();
+        let lease = spec.lease.clone();
+        tokio::spawn(async move {
+            let bridged = match nic.accept(NIC_CONNECT_TIMEOUT).await {
+                Ok(fd) => vnet.bridge_frames(&lease, fd),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = bridged {
+                tracing::warn!(%lease, "the guest's NIC is not on the vnet: {e:#}");
             }
+        });
+    }
+    let began = tokio::time::Instant::now();
+    let overran_paid = AtomicBool::new(false);
+    let lease = spec.lease.clone();
+    let out = ctx.out.clone();
+    let mut events = |event: Event| match event {
+        Event::Started => {
+            let _ = out.send(SellerMsg::Started {
+                lease: lease.clone(),
+            });
         }
-        Err(e) => {
-            return LeaseEnd::Failed {
-                message: format!("boot preparation failed: {e}"),
+        Event::Console(data) => {
+            let _ = out.send(SellerMsg::Output {
+                lease: lease.clone(),
+                stream: cpushare_proto::msg::StdStream::Stdout,
+                data,
+            });
+        }
+    };
+    // The paid wall clock (which renewals extend) is enforced as a stop;
+    // the supervisor's own clock is only a backstop at the longest lease.
+    let stop_or_overrun = stop_or_overrun(stop, paid, began, &overran_paid);
+    let (reported, overran) = vm_supervisor::drive(
+        &mut sandbox,
+        job,
+        stop_or_overrun,
+        LONGEST_LEASE,
+        console,
+        &mut events,
+    )
+    .await;
+    let overran = overran || overran_paid.load(Ordering::Relaxed);
+    let death = sandbox.reap(reported).await;
+    let end = verdict::lease_end(&death, spec.mem_mib);
+    if overran && end == LeaseEnd::Cancelled {
+        LeaseEnd::WallTimeExceeded
+    } else {
+        end
+    }
+}
+
+/// How long a VM waits for its vnet address before it boots without one.
+const VNET_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the sandbox may take to connect its guest NIC.
+const NIC_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A listening socket for the lease's guest NIC, in the daemon's own
+/// directory (root only), named by the lease.
+fn nic_listener(ctx: &Ctx, spec: &LeaseSpec) -> std::io::Result<FrameListener> {
+    let dir = ctx
+        .scratch_root
+        .parent()
+        .unwrap_or(&ctx.scratch_root)
+        .join("nic");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    FrameListener::bind(&dir.join(format!("{}.sock", spec.lease)))
+}
+
+/// The longest lease the broker sells (7 days), beyond any renewal.
+const LONGEST_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Resolves when the lease is stopped, or when it has run past its paid
+/// minutes (as renewals raise them) plus slack, then setting `overran`.
+async fn stop_or_overrun(
+    stop: &StopSignal,
+    mut paid: watch::Receiver<u32>,
+    began: tokio::time::Instant,
+    overran: &AtomicBool,
+) {
+    let mut renewals_open = true;
+    loop {
+        let wall = Duration::from_secs(u64::from(*paid.borrow_and_update()) * 60) + WALL_SLACK;
+        tokio::select! {
+            () = stop.raised() => return,
+            () = tokio::time::sleep_until(began + wall) => {
+                overran.store(true, Ordering::Relaxed);
+                return;
             }
+            changed = paid.changed(), if renewals_open => renewals_open = changed.is_ok(),
         }
-    };
-    tracing::info!(lease = %spec.lease, kernel = %boot.plan.kernel.path, cmdline = %boot.config.cmdline, "booting");
-    let console = Console {
-        lease: spec.lease.clone(),
-        out: ctx.out.clone(),
-    };
-    let input = input.map(|rx| {
-        Box::new(ConsoleInput {
-            rx,
-            pending: Vec::new(),
-        }) as Box<dyn std::io::Read + Send>
-    });
-    let vm = match Vm::new(boot.config, Box::new(console), input) {
-        Ok(vm) => vm,
-        Err(e) => {
-            return LeaseEnd::Failed {
-                message: e.to_string(),
-            }
-        }
-    };
-    let handle = vm.handle();
-    let _ = ctx.out.send(SellerMsg::Started {
-        lease: spec.lease.clone(),
-    });
-    let mut running = tokio::task::spawn_blocking(move || vm.run());
-    let wall = Duration::from_secs(u64::from(spec.minutes) * 60) + WALL_SLACK;
-    let mut overran = false;
-    let result = tokio::select! {
-        r = &mut running => r,
-        _ = stop.raised() => {
-            handle.stop();
-            running.await
-        }
-        _ = tokio::time::sleep(wall) => {
-            overran = true;
-            handle.stop();
-            running.await
-        }
-    };
-    match result {
-        Ok(Ok(VmExit::PowerOff { status })) => LeaseEnd::PowerOff { status },
-        // A Linux guest without ACPI ends with `reboot`; a live system has
-        // nothing to reboot into, so a reset ends the lease cleanly.
-        Ok(Ok(VmExit::Reset)) => LeaseEnd::PowerOff { status: 0 },
-        Ok(Ok(VmExit::TripleFault)) => LeaseEnd::Trapped {
-            message: "the guest triple-faulted".into(),
-        },
-        Ok(Ok(VmExit::Stopped)) if overran => LeaseEnd::WallTimeExceeded,
-        Ok(Ok(VmExit::Stopped)) => LeaseEnd::Cancelled,
-        Ok(Err(e)) => LeaseEnd::Failed {
-            message: e.to_string(),
-        },
-        Err(e) => LeaseEnd::Failed {
-            message: format!("VM thread failed: {e}"),
-        },
     }
 }

@@ -4,16 +4,17 @@
 //! to the broker; stop it on request (SIGKILL after a grace period); reap
 //! it and name the lease's end.
 
+use super::sandbox_pool::{attack_env, make_scratch};
 use super::{Ctx, StopSignal};
 use crate::jail::cgroup::{CgroupLimits, LeaseCgroup};
 use crate::jail::supervisor::{self, Sandbox, SpawnSpec};
 use crate::jail::verdict;
 use cpushare_proto::msg::{LeaseEnd, LeaseSpec, SellerMsg};
-use cpushare_proto::sandbox::{FromSandbox, SandboxJob};
-use std::os::unix::fs::PermissionsExt;
+use cpushare_proto::sandbox::{FromSandbox, SandboxJob, ToSandbox};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Slack on the wall clock beyond the paid minutes (start-up, output drain).
 const WALL_SLACK: Duration = Duration::from_secs(5);
@@ -26,16 +27,17 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 /// kills it after this much more.
 const WATCHDOG_SLACK: Duration = Duration::from_secs(10);
 
+/// The job's CPU and wall-clock budgets, from its start, for a lease paid
+/// `minutes` in all on `cpus` vCPUs.
+fn budgets(minutes: u32, cpus: u32) -> (Duration, Duration) {
+    let paid = Duration::from_secs(u64::from(minutes) * 60);
+    (paid * cpus.max(1), paid + WALL_SLACK)
+}
+
 fn failed(message: impl Into<String>) -> LeaseEnd {
     LeaseEnd::Failed {
         message: message.into(),
     }
-}
-
-fn make_scratch(dir: &Path, uid: u32) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Runs the lease's module to its end.
@@ -44,6 +46,7 @@ pub(super) async fn run(
     spec: &LeaseSpec,
     wasm: Vec<u8>,
     stop: Arc<StopSignal>,
+    paid: watch::Receiver<u32>,
 ) -> LeaseEnd {
     // Compile (or reuse) before reporting the lease started: a module that
     // does not load costs the buyer nothing. The compiled form is made only
@@ -62,79 +65,99 @@ pub(super) async fn run(
         Ok(Err(e)) => return failed(e.to_string()),
         Err(e) => return failed(format!("compile thread failed: {e}")),
     };
-    let uid = supervisor::next_uid();
-    let scratch = ctx.scratch_root.join(&spec.lease);
-    if let Err(e) = make_scratch(&scratch, uid) {
-        return failed(format!("seller could not create scratch space: {e}"));
+    let limits = CgroupLimits {
+        guest_memory_bytes: spec.mem_mib << 20,
+        cpus: spec.cpus,
+    };
+    // A sandbox confined ahead of time if one is waiting and big enough.
+    let pooled = (limits.guest_memory_bytes <= ctx.pool.max_memory_bytes())
+        .then(|| ctx.pool.take(limits))
+        .flatten();
+    let (uid, scratch) = match &pooled {
+        Some(p) => (p.uid, p.scratch.clone()),
+        None => (supervisor::next_uid(), ctx.scratch_root.join(&spec.lease)),
+    };
+    if pooled.is_none() {
+        if let Err(e) = make_scratch(&scratch, uid) {
+            return failed(format!("seller could not create scratch space: {e}"));
+        }
     }
-    let end = supervise(ctx, spec, &wasm, &compiled, uid, &scratch, &stop).await;
+    if let Err(e) = super::shares::stage(ctx, spec, &scratch, uid).await {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return failed(e);
+    }
+    let sandbox = match pooled {
+        Some(p) => Ok(p.sandbox),
+        None => start_sandbox(ctx, spec, limits, uid, &scratch),
+    };
+    let mut end = match sandbox {
+        Ok(sandbox) => supervise(ctx, spec, sandbox, &wasm, &compiled, &stop, paid).await,
+        Err(end) => end,
+    };
+    // Outputs go back only from a job that ended well.
+    if end == (LeaseEnd::Exited { code: 0 }) {
+        if let Err(e) = super::shares::ship(ctx, spec, &scratch).await {
+            end = failed(e);
+        }
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     end
 }
 
-async fn supervise(
+/// Starts a sandbox for this lease alone (none was waiting in the pool).
+fn start_sandbox(
     ctx: &Ctx,
     spec: &LeaseSpec,
-    wasm: &[u8],
-    compiled: &[u8],
+    limits: CgroupLimits,
     uid: u32,
     scratch: &Path,
-    stop: &StopSignal,
-) -> LeaseEnd {
-    let guest_memory = spec.mem_mib << 20;
-    let cgroup = match LeaseCgroup::create(
+) -> Result<Sandbox, LeaseEnd> {
+    let cgroup = LeaseCgroup::create(
         &ctx.jail.cgroups,
         // Lease ids are unique per broker, not per host: several daemons
         // (of several brokers) may share this machine's hierarchy.
         &format!("{}-{}", std::process::id(), spec.lease),
-        CgroupLimits {
-            guest_memory_bytes: guest_memory,
-            cpus: spec.cpus,
-        },
-    ) {
-        Ok(cg) => cg,
-        Err(e) => return failed(format!("seller could not create the lease's cgroup: {e}")),
-    };
-    let env = attack_env();
+        limits,
+    )
+    .map_err(|e| failed(format!("seller could not create the lease's cgroup: {e}")))?;
     let spawn = SpawnSpec {
         exe: ctx.jail.exe.clone(),
         jail_root: ctx.jail.root.clone(),
         scratch: scratch.to_path_buf(),
         uid,
-        max_memory_bytes: guest_memory,
+        max_memory_bytes: limits.guest_memory_bytes,
         jail: true,
         seccomp: true,
-        env,
+        env: attack_env(),
     };
-    let mut sandbox = match Sandbox::spawn(&spawn, Some(cgroup)) {
-        Ok(s) => s,
-        Err(e) => return failed(format!("seller could not start the sandbox: {e}")),
-    };
-    let paid = Duration::from_secs(u64::from(spec.minutes) * 60);
-    let wall = paid + WALL_SLACK;
+    Sandbox::spawn(&spawn, Some(cgroup))
+        .map_err(|e| failed(format!("seller could not start the sandbox: {e}")))
+}
+
+/// Hands the sandbox its job, runs it to its end and names the end.
+async fn supervise(
+    ctx: &Ctx,
+    spec: &LeaseSpec,
+    mut sandbox: Sandbox,
+    wasm: &[u8],
+    compiled: &[u8],
+    stop: &StopSignal,
+    paid: watch::Receiver<u32>,
+) -> LeaseEnd {
+    let guest_memory = spec.mem_mib << 20;
+    let (cpu, wall) = budgets(*paid.borrow(), spec.cpus);
     let job = SandboxJob {
         image_hex: spec.image.hex(),
         args: spec.job.args.clone(),
         env: spec.job.env.clone(),
         stdin: spec.job.stdin.clone(),
         memory_bytes: guest_memory,
-        cpu_time_ms: (paid * spec.cpus.max(1)).as_millis() as u64,
+        cpu_time_ms: cpu.as_millis() as u64,
         wall_time_ms: wall.as_millis() as u64,
     };
-    let reported = drive(ctx, spec, &mut sandbox, wasm, compiled, job, stop, wall).await;
+    let reported = drive(ctx, spec, &mut sandbox, wasm, compiled, job, stop, paid).await;
     let death = sandbox.reap(reported).await;
     verdict::lease_end(&death, spec.mem_mib)
-}
-
-/// Debug builds pass the attack hook of the daemon's environment on to
-/// the sandbox (tests drive it through a real daemon); release builds
-/// give the sandbox an empty environment.
-fn attack_env() -> Vec<(String, String)> {
-    #[cfg(debug_assertions)]
-    if let Ok(attack) = std::env::var(crate::jail::attack::ENV) {
-        return vec![(crate::jail::attack::ENV.to_string(), attack)];
-    }
-    Vec::new()
 }
 
 /// Feeds the sandbox and forwards its events until it ends; returns the
@@ -148,11 +171,21 @@ async fn drive(
     compiled: &[u8],
     job: SandboxJob,
     stop: &StopSignal,
-    wall: Duration,
+    mut paid: watch::Receiver<u32>,
 ) -> Option<cpushare_proto::sandbox::SandboxEnd> {
+    let began = tokio::time::Instant::now();
+    let wall = Duration::from_millis(job.wall_time_ms);
     let watchdog = tokio::time::sleep(wall + WATCHDOG_SLACK);
     tokio::pin!(watchdog);
+    let mut renewals_open = true;
     let mut job = Some(job);
+    if sandbox.is_ready() {
+        // A pooled sandbox: it said Ready while it waited.
+        let job = job.take().expect("just set");
+        if sandbox.send_job(wasm, compiled, job).await.is_err() {
+            sandbox.kill();
+        }
+    }
     let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         tokio::select! {
@@ -184,6 +217,27 @@ async fn drive(
             () = async { grace.as_mut().expect("guarded").await }, if grace.is_some() => {
                 sandbox.kill();
                 grace = Some(Box::pin(tokio::time::sleep(Duration::from_secs(3600))));
+            }
+            changed = paid.changed(), if renewals_open => {
+                if changed.is_err() {
+                    renewals_open = false;
+                    continue;
+                }
+                // Renewed: the sandbox's own budgets and this watchdog grow.
+                let (cpu, wall) = budgets(*paid.borrow_and_update(), spec.cpus);
+                watchdog.as_mut().reset(began + wall + WATCHDOG_SLACK);
+                let (cpu_time_ms, wall_time_ms) = (cpu.as_millis() as u64, wall.as_millis() as u64);
+                match job.as_mut() {
+                    Some(pending) => {
+                        pending.cpu_time_ms = cpu_time_ms;
+                        pending.wall_time_ms = wall_time_ms;
+                    }
+                    None => {
+                        let raise = ToSandbox::Extend { cpu_time_ms, wall_time_ms };
+                        // A sandbox that stopped reading is ending; its death says why.
+                        let _ = sandbox.send_message(&raise).await;
+                    }
+                }
             }
             () = &mut watchdog => {
                 sandbox.kill();

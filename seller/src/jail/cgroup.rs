@@ -7,7 +7,6 @@
 use super::JailError;
 use std::fs;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// Memory a sandbox process needs beyond its guest's: the runtime's own
@@ -15,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// peaks at about 20 MiB resident; the rest is margin).
 pub const OVERHEAD_BYTES: u64 = 64 << 20;
 
-/// Tasks (processes and threads) a lease's cgroup may hold.
+/// Tasks (processes and threads) a lease's cgroup may hold, beyond one per vCPU.
 pub const MAX_TASKS: u64 = 32;
 
 /// CFS period for the CPU quota, microseconds.
@@ -230,8 +229,6 @@ impl LeaseCgroup {
         name: &str,
         limits: CgroupLimits,
     ) -> Result<LeaseCgroup, JailError> {
-        let memory = (limits.guest_memory_bytes + OVERHEAD_BYTES).to_string();
-        let quota = u64::from(limits.cpus.max(1)) * PERIOD_US;
         let cg = match h {
             Hierarchy::V2 { leases } => LeaseCgroup {
                 v2: true,
@@ -245,22 +242,36 @@ impl LeaseCgroup {
         for d in &cg.dirs {
             make_dir(d)?;
         }
-        let d = &cg.dirs;
-        if cg.v2 {
+        cg.set_limits(limits)?;
+        Ok(cg)
+    }
+
+    /// Sets (or changes: a sandbox made ahead of its lease gets the
+    /// lease's limits when it is handed one) the cgroup's limits.
+    pub fn set_limits(&self, limits: CgroupLimits) -> Result<(), JailError> {
+        let memory = (limits.guest_memory_bytes + OVERHEAD_BYTES).to_string();
+        let quota = u64::from(limits.cpus.max(1)) * PERIOD_US;
+        // A VM has a thread per vCPU beyond its fixed ones.
+        let tasks = (MAX_TASKS + u64::from(limits.cpus)).to_string();
+        let d = &self.dirs;
+        if self.v2 {
             write_file(&d[0].join("memory.max"), &memory)?;
             let _ = write_file(&d[0].join("memory.swap.max"), "0");
-            write_file(&d[0].join("pids.max"), &MAX_TASKS.to_string())?;
+            write_file(&d[0].join("pids.max"), &tasks)?;
             write_file(&d[0].join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
             write_file(&d[0].join("cpu.weight"), "1")?;
         } else {
+            // memsw must never be below the memory limit: lower it last,
+            // raise it first.
+            let _ = write_file(&d[0].join("memory.memsw.limit_in_bytes"), &memory);
             write_file(&d[0].join("memory.limit_in_bytes"), &memory)?;
             let _ = write_file(&d[0].join("memory.memsw.limit_in_bytes"), &memory);
-            write_file(&d[1].join("pids.max"), &MAX_TASKS.to_string())?;
+            write_file(&d[1].join("pids.max"), &tasks)?;
             write_file(&d[2].join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
             write_file(&d[2].join("cpu.cfs_quota_us"), &quota.to_string())?;
             write_file(&d[2].join("cpu.shares"), "2")?;
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// The directories of this cgroup (one on v2, memory/pids/cpu on v1).
@@ -268,20 +279,10 @@ impl LeaseCgroup {
         &self.dirs
     }
 
-    /// `cgroup.procs` of every directory, opened for writing, so a new
-    /// process can join by writing `0` before it runs anything.
-    pub fn procs_files(&self) -> Result<Vec<OwnedFd>, JailError> {
-        self.dirs
-            .iter()
-            .map(|d| {
-                let path = d.join("cgroup.procs");
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map(OwnedFd::from)
-                    .map_err(|source| JailError::Cgroup { path, source })
-            })
-            .collect()
+    /// `cgroup.procs` of every directory: a new sandbox joins them all
+    /// by writing `0` to each before it runs anything else.
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// Whether the kernel's OOM killer struck inside this cgroup.

@@ -41,10 +41,25 @@ pub struct ChildArgs {
     pub jail: bool,
     /// Install the seccomp filters; off only to measure what they cost.
     pub seccomp: bool,
+    /// The daemon that started this sandbox: if it is not the parent any
+    /// more (it died before the death signal was armed), give up.
+    pub daemon_pid: Option<u32>,
+    /// `cgroup.procs` files of the lease's cgroup, joined first of all.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// VM mode: the lease's ISO, opened with `/dev/kvm` before the pivot;
+    /// the inner process then runs [`super::vm_child`] instead of wasm.
+    pub vm_iso: Option<PathBuf>,
+    /// VM mode: the daemon's listening socket for the guest NIC's frames
+    /// ([`super::frame_link`]), connected before the pivot.
+    pub vm_net_socket: Option<PathBuf>,
 }
 
 /// Runs the sandbox; returns the process exit status.
 pub fn main(args: ChildArgs) -> i32 {
+    if let Err(e) = adopt(&args) {
+        eprintln!("cpushare sandbox: {e}");
+        return EXIT_JAIL_FAILED;
+    }
     match outer(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -52,6 +67,31 @@ pub fn main(args: ChildArgs) -> i32 {
             EXIT_JAIL_FAILED
         }
     }
+}
+
+/// The first acts of a new sandbox, before it reads anything: die with the
+/// daemon, and move into the lease's cgroup (the daemon spawns with
+/// `posix_spawn`, so it cannot do either between fork and exec).
+fn adopt(args: &ChildArgs) -> Result<(), JailError> {
+    if let Some(daemon) = args.daemon_pid {
+        // SAFETY: prctl with integer arguments.
+        super::error::check(
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+            "PR_SET_PDEATHSIG",
+        )?;
+        // SAFETY: getppid cannot fail.
+        let parent = unsafe { libc::getppid() };
+        if u32::try_from(parent).ok() != Some(daemon) {
+            return Err(JailError::ParentGone { daemon });
+        }
+    }
+    for path in &args.cgroup_procs {
+        std::fs::write(path, b"0").map_err(|source| JailError::Cgroup {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Builds the jail and forks the inner process; in the outer process it
@@ -68,6 +108,9 @@ fn outer(args: &ChildArgs) -> Result<i32, JailError> {
     seccomp::prepare()?;
     let proc_dir = namespaces::host_proc()?;
     namespaces::unshare_outer()?;
+    if args.vm_iso.is_some() {
+        super::vm_child::open_host_files(args)?;
+    }
     rootfs::enter(&args.root, &args.scratch, args.uid)?;
     // SAFETY: this process is single-threaded, so the child may run anything.
     let pid = super::error::check(unsafe { libc::fork() }, "fork")?;
@@ -108,6 +151,9 @@ fn outer(args: &ChildArgs) -> Result<i32, JailError> {
 
 /// Confines the inner process, then runs the job; returns the exit status.
 fn inner(args: &ChildArgs, proc_dir: Option<OwnedFd>) -> i32 {
+    if args.vm_iso.is_some() {
+        return super::vm_child::inner(args, proc_dir);
+    }
     // One tokio worker for wasmtime-wasi's host calls, and tokio then does
     // not size itself by reading /proc/self/cgroup (an open the job filter
     // refuses). Set while this process is still single-threaded.
@@ -165,7 +211,7 @@ fn confine(args: &ChildArgs, proc_dir: Option<OwnedFd>) -> Result<(), JailError>
         privileges::become_user(args.uid)?;
         namespaces::enter_user(proc_dir, args.uid)?;
         privileges::drop_capabilities()?;
-        privileges::set_rlimits()?;
+        privileges::set_rlimits(0)?;
         privileges::die_with_parent()?;
         privileges::lowest_priority()?;
     }
@@ -215,6 +261,11 @@ fn run_job(runtime: &wasm::WasmRuntime, scratch: PathBuf) -> SandboxEnd {
             Ok(Some(ToSandbox::CompiledChunk(c))) => compiled.extend_from_slice(&c),
             Ok(Some(ToSandbox::Job(job))) => break job,
             Ok(Some(ToSandbox::Stop)) | Ok(None) => return SandboxEnd::Interrupted,
+            Ok(Some(ToSandbox::VmJob(_) | ToSandbox::ConsoleInput(_))) => {
+                return failed("a VM message sent to a wasm sandbox")
+            }
+            // A renewal before the job started: the job will carry its budgets.
+            Ok(Some(ToSandbox::Extend { .. })) => {}
             Err(e) => return failed(format!("bad message from the daemon: {e}")),
         }
         if wasm_bytes.len() > wasm::MAX_MODULE_BYTES || compiled.len() > 4 * wasm::MAX_MODULE_BYTES
@@ -225,6 +276,8 @@ fn run_job(runtime: &wasm::WasmRuntime, scratch: PathBuf) -> SandboxEnd {
     drop(input);
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
+    let raise = Arc::new(wasm::BudgetRaise::default());
+    let raiser = raise.clone();
     let control = std::thread::Builder::new()
         .name("sandbox-control".into())
         .spawn(move || {
@@ -232,8 +285,18 @@ fn run_job(runtime: &wasm::WasmRuntime, scratch: PathBuf) -> SandboxEnd {
                 seccomp::enter_wasm_helper();
             }
             let mut input = std::io::stdin().lock();
-            // Any message now, or the daemon going away, means stop.
-            let _ = read_blocking::<ToSandbox, _>(&mut input);
+            // A renewal raises the budgets; any other message, or the
+            // daemon going away, means stop.
+            while let Ok(Some(ToSandbox::Extend {
+                cpu_time_ms,
+                wall_time_ms,
+            })) = read_blocking::<ToSandbox, _>(&mut input)
+            {
+                raiser.raise_to(
+                    Duration::from_millis(cpu_time_ms),
+                    Duration::from_millis(wall_time_ms),
+                );
+            }
             flag.store(true, Ordering::Relaxed);
         });
     if let Err(e) = control {
@@ -259,6 +322,7 @@ fn run_job(runtime: &wasm::WasmRuntime, scratch: PathBuf) -> SandboxEnd {
         stdin: job.stdin,
         scratch_dir: scratch,
         interrupt: Some(interrupt),
+        raise: Some(raise),
     };
     let limits = Limits {
         memory_bytes: job.memory_bytes,

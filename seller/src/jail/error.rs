@@ -51,6 +51,12 @@ pub enum JailError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// the daemon (pid {daemon}) exited before the sandbox could tie its life to it
+    #[error("the daemon (pid {daemon}) exited before the sandbox could tie its life to it")]
+    ParentGone {
+        /// The daemon's pid, as passed on the command line.
+        daemon: u32,
+    },
     /// the sandbox pipe broke: {0}
     #[error("the sandbox pipe broke: {0}")]
     Pipe(#[from] cpushare_proto::frame::FrameError),

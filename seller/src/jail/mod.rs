@@ -13,11 +13,14 @@ pub mod cgroup;
 pub mod child;
 pub mod doctor;
 mod error;
+pub mod frame_link;
 mod namespaces;
 mod privileges;
 pub mod rootfs;
 pub mod seccomp;
 pub mod supervisor;
 pub mod verdict;
+pub mod vm_child;
+pub mod vm_supervisor;
 
 pub use error::JailError;

@@ -102,9 +102,13 @@ fn set_limit(
 }
 
 /// Resource limits: open files, threads, file size, no core dumps.
-pub fn set_rlimits() -> Result<(), JailError> {
+pub fn set_rlimits(extra_threads: u64) -> Result<(), JailError> {
     set_limit(libc::RLIMIT_NOFILE, MAX_FILES, "RLIMIT_NOFILE")?;
-    set_limit(libc::RLIMIT_NPROC, MAX_THREADS, "RLIMIT_NPROC")?;
+    set_limit(
+        libc::RLIMIT_NPROC,
+        MAX_THREADS + extra_threads,
+        "RLIMIT_NPROC",
+    )?;
     set_limit(libc::RLIMIT_CORE, 0, "RLIMIT_CORE")?;
     set_limit(libc::RLIMIT_FSIZE, MAX_FILE_BYTES, "RLIMIT_FSIZE")?;
     Ok(())

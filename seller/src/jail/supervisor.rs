@@ -8,7 +8,6 @@ use super::verdict::Death;
 use super::JailError;
 use cpushare_proto::frame;
 use cpushare_proto::sandbox::{FromSandbox, SandboxJob, ToSandbox, CHUNK_BYTES};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,30 +55,31 @@ pub struct Sandbox {
     child: Child,
     stdin: Option<ChildStdin>,
     events: mpsc::Receiver<FromSandbox>,
-    report: Option<std::fs::File>,
+    report: Option<tokio::task::JoinHandle<Option<i64>>>,
     cgroup: Option<LeaseCgroup>,
     stopped: bool,
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    super::error::check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        "pipe2",
-    )?;
-    // SAFETY: both were just created and are owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    /// The sandbox said `Ready` (it is confined and waits for its job).
+    ready: bool,
 }
 
 impl Sandbox {
-    /// Starts the sandbox process, in `cgroup` from its first instruction.
+    /// Starts the sandbox process. It joins `cgroup` and arms its
+    /// parent-death signal as its first acts, before it reads anything.
+    ///
+    /// No code runs in the daemon between fork and exec, so the standard
+    /// library spawns with `posix_spawn` (a vfork that shares the daemon's
+    /// memory): a fork would copy the page tables of a daemon that maps
+    /// gigabytes of wasm pool reservations, for every lease.
     pub fn spawn(spec: &SpawnSpec, cgroup: Option<LeaseCgroup>) -> Result<Sandbox, JailError> {
-        let (report_r, report_w) = pipe()?;
-        let procs = match &cgroup {
-            Some(cg) => cg.procs_files()?,
-            None => Vec::new(),
-        };
+        Self::spawn_with_args(spec, cgroup, &[])
+    }
+
+    /// [`Sandbox::spawn`] with more `sandbox` arguments (a VM lease's `--vm-iso`).
+    pub fn spawn_with_args(
+        spec: &SpawnSpec,
+        cgroup: Option<LeaseCgroup>,
+        extra: &[std::ffi::OsString],
+    ) -> Result<Sandbox, JailError> {
         let mut cmd = Command::new(&spec.exe);
         cmd.arg("sandbox")
             .arg("--uid")
@@ -89,7 +89,15 @@ impl Sandbox {
             .arg("--scratch")
             .arg(&spec.scratch)
             .arg("--max-memory")
-            .arg(spec.max_memory_bytes.to_string());
+            .arg(spec.max_memory_bytes.to_string())
+            .arg("--daemon-pid")
+            .arg(std::process::id().to_string())
+            .args(extra);
+        if let Some(cg) = &cgroup {
+            for procs in cg.procs_paths() {
+                cmd.arg("--cgroup-procs").arg(procs);
+            }
+        }
         if !spec.jail {
             cmd.arg("--no-jail");
         }
@@ -100,43 +108,15 @@ impl Sandbox {
             .envs(spec.env.iter().cloned())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let report_fd = report_w.as_raw_fd();
-        let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        let daemon = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs between fork and exec and calls only
-        // async-signal-safe functions (prctl, getppid, write, dup2, fcntl)
-        // on fds opened above; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                // A daemon killed outright takes its sandboxes with it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1
-                    || libc::getppid() != daemon
-                {
-                    return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-                }
-                for &fd in &proc_fds {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if report_fd == sigsys::REPORT_FD {
-                    libc::fcntl(report_fd, libc::F_SETFD, 0);
-                } else if libc::dup2(report_fd, sigsys::REPORT_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().map_err(|source| JailError::Spawn {
             exe: spec.exe.clone(),
             source,
         })?;
-        drop(report_w);
-        drop(procs);
         let stdin = child.stdin.take();
         let mut stdout = child.stdout.take().expect("stdout was piped");
+        let stderr = child.stderr.take().expect("stderr was piped");
         let (tx, events) = mpsc::channel(64);
         tokio::spawn(async move {
             // A read error means the sandbox died mid-frame; its death
@@ -147,14 +127,21 @@ impl Sandbox {
                 }
             }
         });
+        let report = tokio::spawn(read_stderr(stderr, child.id().unwrap_or(0)));
         Ok(Sandbox {
             child,
             stdin,
             events,
-            report: Some(std::fs::File::from(report_r)),
+            report: Some(report),
             cgroup,
             stopped: false,
+            ready: false,
         })
+    }
+
+    /// Whether the sandbox process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Pid of the outer sandbox process.
@@ -185,6 +172,11 @@ impl Sandbox {
         }
     }
 
+    /// Sends one message (a VM lease's job or console input).
+    pub async fn send_message(&mut self, msg: &ToSandbox) -> Result<(), JailError> {
+        self.send(msg).await
+    }
+
     /// Sends the module, its compiled form (from the daemon's engine) and the job.
     pub async fn send_job(
         &mut self,
@@ -203,7 +195,17 @@ impl Sandbox {
 
     /// The next event; `None` once the sandbox closed its output.
     pub async fn next(&mut self) -> Option<FromSandbox> {
-        self.events.recv().await
+        let event = self.events.recv().await;
+        if matches!(event, Some(FromSandbox::Ready)) {
+            self.ready = true;
+        }
+        event
+    }
+
+    /// Whether the sandbox has said `Ready` (a pooled one has, before
+    /// its lease's supervisor sees it).
+    pub fn is_ready(&self) -> bool {
+        self.ready
     }
 
     /// Asks the guest to stop at its next epoch tick.
@@ -228,11 +230,16 @@ impl Sandbox {
             use std::os::unix::process::ExitStatusExt;
             s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
         });
-        let seccomp_syscall = self
-            .report
-            .take()
-            .filter(set_nonblocking)
-            .and_then(sigsys::read_report);
+        // The stderr pipe closes when the last sandbox process is gone; a
+        // grandchild that somehow outlived it must not hold up the reaping.
+        let seccomp_syscall = match self.report.take() {
+            Some(report) => tokio::time::timeout(REPORT_WAIT, report)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .flatten(),
+            None => None,
+        };
         let oom_killed = self.cgroup.as_ref().is_some_and(LeaseCgroup::oom_killed);
         Death {
             reported,
@@ -244,7 +251,37 @@ impl Sandbox {
     }
 }
 
-fn set_nonblocking(f: &std::fs::File) -> bool {
-    // SAFETY: fcntl on an fd this process owns.
-    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) != -1 }
+/// How long reaping waits for the sandbox's stderr to close.
+const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Longest stderr line kept from a sandbox; the rest of a longer line is
+/// dropped (a sandbox's own diagnostics are short).
+const MAX_LINE: usize = 4096;
+
+/// Passes a sandbox's diagnostics on to the daemon's log and returns the
+/// syscall number of its SIGSYS record, if it wrote one.
+async fn read_stderr(stderr: tokio::process::ChildStderr, pid: u32) -> Option<i64> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut syscall = None;
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return syscall,
+            Ok(_) => {}
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.is_empty() {
+            continue;
+        }
+        match sigsys::parse_record(text) {
+            Some(nr) => syscall = nr,
+            None => tracing::warn!(sandbox = pid, "{}", String::from_utf8_lossy(text)),
+        }
+    }
 }

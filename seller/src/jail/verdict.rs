@@ -39,6 +39,13 @@ pub fn lease_end(death: &Death, mem_mib: u64) -> LeaseEnd {
             SandboxEnd::MemoryExceeded { .. } => LeaseEnd::MemoryExceeded { limit_mib: mem_mib },
             SandboxEnd::Interrupted => LeaseEnd::Cancelled,
             SandboxEnd::Failed { message } => LeaseEnd::Failed { message },
+            SandboxEnd::PowerOff { status } => LeaseEnd::PowerOff { status },
+            // A live system has nothing to reboot into: a reset (how a Linux
+            // guest without ACPI ends `reboot`) ends the lease cleanly.
+            SandboxEnd::GuestReset => LeaseEnd::PowerOff { status: 0 },
+            SandboxEnd::TripleFault => LeaseEnd::Trapped {
+                message: "the guest triple-faulted".into(),
+            },
         };
     }
     if death.oom_killed {
@@ -79,6 +86,34 @@ mod tests {
         assert_eq!(
             lease_end(&d, 16).to_string(),
             "killed: seccomp (syscall ptrace)"
+        );
+    }
+
+    #[test]
+    fn vm_ends_map_to_the_lease_ends_vm_leases_always_had() {
+        let end = |e| {
+            lease_end(
+                &Death {
+                    reported: Some(e),
+                    ..Death::default()
+                },
+                64,
+            )
+        };
+        assert_eq!(
+            end(SandboxEnd::PowerOff { status: 3 }),
+            LeaseEnd::PowerOff { status: 3 }
+        );
+        assert_eq!(
+            end(SandboxEnd::GuestReset),
+            LeaseEnd::PowerOff { status: 0 }
+        );
+        assert_eq!(
+            end(SandboxEnd::TripleFault).to_string(),
+            LeaseEnd::Trapped {
+                message: "the guest triple-faulted".into()
+            }
+            .to_string()
         );
     }
 

@@ -6,6 +6,8 @@
 //! budgets. CPU time is this thread's `CLOCK_THREAD_CPUTIME_ID`, so eight
 //! jobs sharing two cores are each charged only what they used.
 
+use super::job::BudgetRaise;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Which budget ran out.
@@ -21,7 +23,9 @@ pub(crate) enum Expired {
 pub(crate) struct JobClock {
     cpu_start: Duration,
     cpu_limit: Duration,
+    wall_start: Instant,
     wall_deadline: Instant,
+    raise: Option<Arc<BudgetRaise>>,
 }
 
 impl JobClock {
@@ -31,21 +35,43 @@ impl JobClock {
         JobClock {
             cpu_start: thread_cpu_time(),
             cpu_limit,
-            wall_deadline: now.checked_add(wall_limit).unwrap_or(now + FAR_FUTURE),
+            wall_start: now,
+            wall_deadline: deadline(now, wall_limit),
+            raise: None,
         }
+    }
+
+    /// Lets `raise` lift both budgets while the job runs.
+    pub(crate) fn raised_by(mut self, raise: Option<Arc<BudgetRaise>>) -> JobClock {
+        self.raise = raise;
+        self
     }
 
     /// Which budget, if any, is used up. Wall time wins a tie: it is the
     /// one a buyer can see on a clock.
     pub(crate) fn check(&self) -> Option<Expired> {
-        if Instant::now() >= self.wall_deadline {
+        let now = Instant::now();
+        let (cpu_limit, wall_deadline) = match &self.raise {
+            Some(r) => (
+                self.cpu_limit.max(r.cpu_time()),
+                self.wall_deadline
+                    .max(deadline(self.wall_start, r.wall_time())),
+            ),
+            None => (self.cpu_limit, self.wall_deadline),
+        };
+        if now >= wall_deadline {
             Some(Expired::Wall)
-        } else if thread_cpu_time().saturating_sub(self.cpu_start) >= self.cpu_limit {
+        } else if thread_cpu_time().saturating_sub(self.cpu_start) >= cpu_limit {
             Some(Expired::Cpu)
         } else {
             None
         }
     }
+}
+
+/// `start + limit`, or far in the future if that overflows `Instant`.
+fn deadline(start: Instant, limit: Duration) -> Instant {
+    start.checked_add(limit).unwrap_or(start + FAR_FUTURE)
 }
 
 /// Stand-in for "no wall limit" when the requested one overflows `Instant`.
@@ -97,6 +123,20 @@ mod tests {
         let clock = JobClock::start(Duration::from_secs(60), Duration::from_millis(10));
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(clock.check(), Some(Expired::Wall));
+    }
+
+    #[test]
+    fn a_raise_lifts_both_budgets_of_a_running_clock() {
+        let raise = Arc::new(BudgetRaise::default());
+        let clock = JobClock::start(Duration::from_millis(5), Duration::from_millis(10))
+            .raised_by(Some(raise.clone()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(clock.check(), Some(Expired::Wall));
+        raise.raise_to(Duration::from_secs(60), Duration::from_secs(60));
+        assert_eq!(clock.check(), None, "raised past the elapsed time");
+        // A lower raise does not lower the budget back.
+        raise.raise_to(Duration::from_millis(1), Duration::from_millis(1));
+        assert_eq!(clock.check(), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! how it ended.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,37 @@ pub struct JobSpec {
     /// tick (~10 ms of guest execution): the lease ended or the owner
     /// wants the machine back.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Raised budgets, if the job's owner may raise them while it runs (a
+    /// renewed lease); the job's clock reads it at every epoch tick.
+    pub raise: Option<Arc<BudgetRaise>>,
+}
+
+/// CPU and wall-clock budgets of a running job, raised from any thread
+/// (the lease was renewed); they only grow, and never below the job's
+/// [`Limits`].
+#[derive(Debug, Default)]
+pub struct BudgetRaise {
+    cpu_ms: AtomicU64,
+    wall_ms: AtomicU64,
+}
+
+impl BudgetRaise {
+    /// Makes the job's budgets, counted from its start, at least these.
+    pub fn raise_to(&self, cpu_time: Duration, wall_time: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.cpu_ms.fetch_max(ms(cpu_time), Ordering::Relaxed);
+        self.wall_ms.fetch_max(ms(wall_time), Ordering::Relaxed);
+    }
+
+    /// The raised CPU budget (zero if never raised).
+    pub(crate) fn cpu_time(&self) -> Duration {
+        Duration::from_millis(self.cpu_ms.load(Ordering::Relaxed))
+    }
+
+    /// The raised wall-clock budget (zero if never raised).
+    pub(crate) fn wall_time(&self) -> Duration {
+        Duration::from_millis(self.wall_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// The resources one run may use.

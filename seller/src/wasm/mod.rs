@@ -15,12 +15,13 @@ mod limiter;
 mod module_lru;
 mod output;
 mod runtime;
+pub mod shares;
 mod thread_hook;
 mod ticker;
 mod validate;
 
 pub use error::WasmError;
-pub use job::{JobOutcome, JobSpec, Limits};
+pub use job::{BudgetRaise, JobOutcome, JobSpec, Limits};
 pub use output::{OutputSink, StdStream};
 pub use runtime::{InstanceAllocator, LoadedModule, RuntimeConfig, RuntimeStats, WasmRuntime};
 pub use thread_hook::set_helper_thread_hook;

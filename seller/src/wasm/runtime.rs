@@ -222,6 +222,11 @@ impl WasmRuntime {
         self.load_from(id_hex, wasm, None)
     }
 
+    /// Largest guest memory this runtime's pool slots hold, bytes.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
+    }
+
     /// The machine code of `module` as this engine serializes it, for a
     /// sandbox child to load with [`WasmRuntime::load_trusted`].
     pub fn compiled_bytes(&self, module: &LoadedModule) -> Result<Vec<u8>, WasmError> {
@@ -471,10 +476,27 @@ impl WasmRuntime {
                     reason: format!("{e:#}"),
                 })?;
         }
+        // The buyer's shares, staged by the daemon inside scratch.
+        let shares = super::shares::find(&job.scratch_dir).map_err(|e| WasmError::Scratch {
+            path: job.scratch_dir.clone(),
+            reason: format!("cannot list its shares: {e}"),
+        })?;
+        for (host, guest, writable) in shares {
+            let perms = if writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&host, &guest, perms)
+                .map_err(|e| WasmError::Scratch {
+                    path: host.clone(),
+                    reason: format!("cannot open the share for {guest}: {e:#}"),
+                })?;
+        }
         let state = JobState {
             wasi: wasi.build_p1(),
             limiter: JobLimiter::new(limits.memory_bytes),
-            clock: JobClock::start(limits.cpu_time, limits.wall_time),
+            clock: JobClock::start(limits.cpu_time, limits.wall_time).raised_by(job.raise.clone()),
             interrupt: job.interrupt.clone(),
             stopped: None,
         };

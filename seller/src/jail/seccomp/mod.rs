@@ -26,13 +26,29 @@ pub enum Role {
     WasmJob,
     /// A wasm job's helper thread (epoch ticker, output forwarder, control reader).
     WasmHelper,
-    // VMM roles go here (vCPU, device/event loop, control), each with its
-    // own list in `rules`, its ioctl numbers argument-filtered.
+    /// A VM sandbox's main thread until its vCPUs run: ISO, guest memory,
+    /// KVM setup ioctls, thread start. Every other VMM role stacks on it.
+    VmmBoot,
+    /// A VMM vCPU thread: `KVM_RUN` and the device work of its exits.
+    VmmVcpu,
+    /// The VMM's device/event thread (console input into the serial port).
+    VmmDevice,
+    /// The VMM's control threads: wait, kick and join the vCPUs; read the
+    /// daemon's messages.
+    VmmControl,
 }
 
 impl Role {
     /// Every role, for building all filters at once and for the docs test.
-    pub const ALL: [Role; 3] = [Role::Waiter, Role::WasmJob, Role::WasmHelper];
+    pub const ALL: [Role; 7] = [
+        Role::Waiter,
+        Role::WasmJob,
+        Role::WasmHelper,
+        Role::VmmBoot,
+        Role::VmmVcpu,
+        Role::VmmDevice,
+        Role::VmmControl,
+    ];
 
     /// Name used in errors and in `docs/SECCOMP.md`.
     pub fn name(self) -> &'static str {
@@ -40,6 +56,10 @@ impl Role {
             Role::Waiter => "waiter",
             Role::WasmJob => "wasm-job",
             Role::WasmHelper => "wasm-helper",
+            Role::VmmBoot => "vmm-boot",
+            Role::VmmVcpu => "vmm-vcpu",
+            Role::VmmDevice => "vmm-device",
+            Role::VmmControl => "vmm-control",
         }
     }
 
@@ -48,6 +68,10 @@ impl Role {
             Role::Waiter => rules::waiter(),
             Role::WasmJob => rules::wasm_job(),
             Role::WasmHelper => rules::wasm_helper(),
+            Role::VmmBoot => rules::vmm_boot(),
+            Role::VmmVcpu => rules::vmm_vcpu(),
+            Role::VmmDevice => rules::vmm_device(),
+            Role::VmmControl => rules::vmm_control(),
         }
     }
 }
@@ -200,6 +224,10 @@ mod tests {
             (Role::Waiter, 6),
             (Role::WasmJob, 64),
             (Role::WasmHelper, 20),
+            (Role::VmmBoot, 43),
+            (Role::VmmVcpu, 23),
+            (Role::VmmDevice, 23),
+            (Role::VmmControl, 23),
         ] {
             let (calls, insns) = size(role).unwrap();
             println!(
@@ -211,6 +239,55 @@ mod tests {
                 "{} allows {calls} syscalls",
                 role.name()
             );
+        }
+    }
+
+    #[test]
+    fn vmm_roles_stack_on_the_boot_filter() {
+        // A VMM thread inherits the boot filter and adds its own: every
+        // call its role needs must pass the boot filter too.
+        let boot = rules::vmm_boot();
+        for role in [Role::VmmVcpu, Role::VmmDevice, Role::VmmControl] {
+            for nr in role.rules().keys() {
+                assert!(
+                    boot.contains_key(nr),
+                    "{} may call {} but vmm-boot refuses it",
+                    role.name(),
+                    syscall_name(*nr)
+                );
+            }
+        }
+        // Only the vCPU and boot roles touch KVM at all.
+        assert!(!rules::vmm_control().contains_key(&libc::SYS_ioctl));
+        assert!(!rules::vmm_device().contains_key(&libc::SYS_ioctl));
+    }
+
+    #[test]
+    fn no_vmm_role_may_open_files_sockets_exec_or_mount() {
+        for role in [
+            Role::VmmBoot,
+            Role::VmmVcpu,
+            Role::VmmDevice,
+            Role::VmmControl,
+        ] {
+            let map = role.rules();
+            for nr in [
+                libc::SYS_open,
+                libc::SYS_openat,
+                libc::SYS_openat2,
+                libc::SYS_socket,
+                libc::SYS_execve,
+                libc::SYS_mount,
+                libc::SYS_ptrace,
+                libc::SYS_kexec_load,
+            ] {
+                assert!(
+                    !map.contains_key(&nr),
+                    "{} allows {}",
+                    role.name(),
+                    syscall_name(nr)
+                );
+            }
         }
     }
 
