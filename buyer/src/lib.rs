@@ -3,6 +3,9 @@
 
 pub mod image;
 pub mod listing;
+pub mod net;
 pub mod run;
 pub mod share;
 pub mod upload;
+pub mod vm_share;
+pub mod wasm_share;

@@ -65,12 +65,25 @@ enum Cmd {
         /// (a wasm job reruns from its inputs on another seller).
         #[arg(long, default_value_t = 2)]
         retries: u32,
+        /// Let a lease that outlives its minutes renew with the same seller
+        /// (its guest goes on undisturbed) until it has run this many
+        /// minutes in all; each renewal is paid from your balance.
+        #[arg(long, value_name = "MINUTES")]
+        renew_up_to: Option<u32>,
         /// Environment variable for the job, KEY=VALUE (repeatable).
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
         /// File whose bytes become the job's stdin (at most 1 MiB).
         #[arg(long)]
         stdin: Option<PathBuf>,
+        /// Directory of this machine the job sees, HOST:GUEST[:rw]
+        /// (repeatable). Wasm jobs: read-only ones are uploaded by content
+        /// id; `:rw` ones come back into HOST (absent or empty) when the
+        /// job exits with 0. VM jobs (.iso): served over NFSv3 on your
+        /// vnet address to your leases only (start `cpushare net up`
+        /// first); the guest mounts them from its kernel command line.
+        #[arg(long = "share", value_parser = cpushare_buyer::wasm_share::parse_share)]
+        share: Vec<cpushare_buyer::wasm_share::ShareArg>,
         /// Arguments for the job, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -91,6 +104,28 @@ enum Cmd {
     /// Look at images before running them.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Your private virtual network: your machine and every running lease.
+    #[command(subcommand)]
+    Net(NetCmd),
+}
+
+#[derive(Subcommand)]
+enum NetCmd {
+    /// Join your virtual network from this machine: creates a TUN interface
+    /// with your host's address and a route to the subnet, and relays for
+    /// leases that cannot reach each other directly. Runs until Ctrl-C.
+    /// Needs root or CAP_NET_ADMIN.
+    Up {
+        /// Name of the TUN interface.
+        #[arg(long, default_value = "cpushare0")]
+        tun: String,
+        /// UDP port for the vnet (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// Each peer of the running `net up`: address, lease, path (direct or
+    /// relayed), round-trip time, bytes in and out.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +180,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         );
         return Ok(0);
     }
+    if let Cmd::Net(net) = &cli.cmd {
+        return match net {
+            NetCmd::Up { tun, port } => {
+                let args = cpushare_buyer::net::UpArgs {
+                    tun: tun.clone(),
+                    port: *port,
+                    json: cli.json,
+                };
+                cpushare_buyer::net::up(&home, args).await
+            }
+            NetCmd::Status => cpushare_buyer::net::status(&home, cli.json).await,
+        };
+    }
     if let Cmd::Image(ImageCmd::Inspect { file }) = &cli.cmd {
         let i = cpushare_buyer::image::inspect_iso(file)?;
         if cli.json {
@@ -157,7 +205,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
     let client = home.connect().await?;
     let json = cli.json;
     match cli.cmd {
-        Cmd::Login { .. } | Cmd::Image(_) => unreachable!("handled above"),
+        Cmd::Login { .. } | Cmd::Image(_) | Cmd::Net(_) => unreachable!("handled above"),
         Cmd::Whoami => match client.call(&Request::Whoami).await? {
             Response::Whoami { name, role, key_id } => {
                 if json {
@@ -179,8 +227,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             instances,
             wait,
             retries,
+            renew_up_to,
             env,
             stdin,
+            share,
             args,
         } => {
             let stdin = match stdin {
@@ -198,8 +248,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 }
                 None => Vec::new(),
             };
+            let mut client = client;
             let code = run::run(
-                &client,
+                &home,
+                &mut client,
                 run::RunArgs {
                     image: &image,
                     instances,
@@ -208,9 +260,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
                     minutes,
                     max_price,
                     wait_secs: wait,
-                    job: JobSpec { args, env, stdin },
+                    job: JobSpec {
+                        args,
+                        env,
+                        stdin,
+                        shares: Vec::new(),
+                    },
                     json,
                     retries,
+                    renew_up_to,
+                    shares: &share,
                 },
             )
             .await?;

@@ -1,16 +1,21 @@
 //! `cpushare run`: upload, order, follow the job's output, exit with its code.
 
 use crate::upload;
+use crate::vm_share;
+use crate::wasm_share::{self, Outputs, ShareArg};
 use anyhow::{bail, Context};
-use cpushare_proto::client::Client;
+use cpushare_proto::client::{Client, Home};
 use cpushare_proto::frame;
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{
-    BuyRequest, JobSpec, LeaseEnd, Request, Response, SandboxKind, StdStream,
+    BuyRequest, ErrorCode, JobSpec, LeaseEnd, Request, Response, SandboxKind, StdStream,
 };
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// What the user asked `cpushare run` for.
 pub struct RunArgs<'a> {
@@ -34,6 +39,10 @@ pub struct RunArgs<'a> {
     pub json: bool,
     /// Times to place work again whose seller vanished.
     pub retries: u32,
+    /// Most minutes one lease may reach by renewing with its seller.
+    pub renew_up_to: Option<u32>,
+    /// `--share`s (wasm jobs: staged in, outputs shipped back).
+    pub shares: &'a [ShareArg],
 }
 
 /// Which sandbox an image needs, from its first bytes.
@@ -72,11 +81,37 @@ struct Attempt {
 }
 
 /// Runs the job; returns the exit code for the process. Work whose seller
-/// vanishes is placed again, up to `retries` times.
-pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
+/// vanishes is placed again, up to `retries` times; a broker that goes
+/// away is reconnected to (`client` is then replaced).
+pub async fn run(home: &Home, client: &mut Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
     let kind = kind_of(a.image)?;
+    let mut job = a.job.clone();
+    let vm_shares = !a.shares.is_empty() && kind == SandboxKind::Vm;
+    if !a.shares.is_empty() && !vm_shares {
+        wasm_share::check(a.shares, a.instances)?;
+    }
+    // A VM's shares are served over NFS on the vnet for the whole run (every
+    // placement mounts the same directories); the guest learns them from
+    // its kernel command line.
+    let _nfs = if vm_shares {
+        let (server, items) = vm_share::start(home, a.shares).await?;
+        eprintln!(
+            "cpushare: serving {} share(s) over NFSv3 on {} to your leases: {}",
+            a.shares.len(),
+            server.local_addr(),
+            items.join(" ")
+        );
+        job.args.extend(items);
+        Some(server)
+    } else {
+        None
+    };
     let (id, len) = upload::identify(a.image)?;
     upload::ensure(client, a.image, id, len, a.json).await?;
+    let staged: &[ShareArg] = if vm_shares { &[] } else { a.shares };
+    job.shares = wasm_share::prepare(home, client, staged, a.json).await?;
+    let mut outputs = Outputs::new(staged);
+    let typing = (kind == SandboxKind::Vm).then(Typing::start);
     let t0 = Instant::now();
     let mut first_output: Option<f64> = None;
     let mut instances = a.instances;
@@ -93,11 +128,21 @@ pub async fn run(client: &Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
             mem_mib: a.mem_mib,
             minutes: a.minutes,
             max_price: a.max_price,
-            job: a.job.clone(),
+            job: job.clone(),
             wait_secs: Some(a.wait_secs),
             follow: true,
+            renew_up_to: a.renew_up_to,
         };
-        let at = attempt(client, req, kind == SandboxKind::Vm, t0, &mut first_output).await?;
+        let at = attempt(
+            home,
+            client,
+            req,
+            &mut outputs,
+            typing.as_ref(),
+            t0,
+            &mut first_output,
+        )
+        .await?;
         total_cost = total_cost.checked_add(at.cost).unwrap_or(total_cost);
         total_refunded = total_refunded
             .checked_add(at.refunded)
@@ -146,50 +191,246 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends what is typed on stdin to the order's consoles until EOF.
-async fn forward_stdin(mut send: quinn::SendStream) {
-    use tokio::io::AsyncReadExt;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 4096];
-    while let Ok(n) = stdin.read(&mut buf).await {
-        if n == 0
-            || frame::write(&mut send, &Request::Data(buf[..n].to_vec()))
-                .await
-                .is_err()
-        {
-            break;
-        }
+/// What the buyer types, read from stdin once for the whole run (a read
+/// cannot be taken back, so one reader outlives every placement) and
+/// handed to whichever order stream is current.
+#[derive(Clone)]
+struct Typing(Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>);
+
+impl Typing {
+    /// Starts reading stdin until EOF.
+    fn start() -> Typing {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Typing(Arc::new(tokio::sync::Mutex::new(rx)))
     }
-    let _ = send.finish();
+
+    /// Sends what is typed to the order's consoles on `send` until EOF
+    /// (or until this task is aborted: the next stream takes over).
+    async fn forward(self, mut send: quinn::SendStream) {
+        let mut rx = self.0.lock().await;
+        while let Some(data) = rx.recv().await {
+            if frame::write(&mut send, &Request::Data(data)).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    }
 }
 
-/// Places the order once and follows it to its close.
+/// Longest time `cpushare run` keeps trying to reach a broker that went
+/// away while it followed an order.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// What following an order has learned so far; survives reconnections.
+#[derive(Default)]
+struct Progress {
+    /// Order id, once the broker acknowledged it.
+    order: Option<String>,
+    /// Reserved when the order was placed.
+    held: Micros,
+    /// Exit code so far.
+    code: i32,
+    /// Leases lost with their seller.
+    lost: u32,
+    /// Leases whose end we were told about.
+    ended: HashSet<String>,
+}
+
+impl Progress {
+    /// Records a lease's end (once per lease).
+    fn lease_ended(&mut self, lease: &str, end: &str, code: i32, seller_lost: bool) {
+        if !self.ended.insert(lease.to_string()) {
+            return;
+        }
+        if code != 0 {
+            eprintln!("cpushare: lease {lease} {end}");
+        }
+        if seller_lost {
+            self.lost += 1;
+        }
+        if code != 0 || self.code == 0 {
+            self.code = code;
+        }
+    }
+}
+
+/// Why following an order's stream stopped before it closed.
+enum Broken {
+    /// The broker refused something; final.
+    Refused(anyhow::Error),
+    /// The connection (or the broker) went away; worth reconnecting.
+    Lost(String),
+}
+
+/// Places the order once and follows it to its close, reconnecting (and
+/// following again) if the broker goes away meanwhile.
 async fn attempt(
-    client: &Client,
+    home: &Home,
+    client: &mut Client,
     req: BuyRequest,
-    console: bool,
+    outputs: &mut Outputs,
+    console: Option<&Typing>,
     t0: Instant,
     first_output: &mut Option<f64>,
 ) -> anyhow::Result<Attempt> {
     let (mut send, mut recv) = client.open().await?;
     frame::write(&mut send, &Request::Buy(req)).await?;
     // A VM's console takes what we type; a wasm job got its stdin up front.
-    let typing = if console {
-        Some(tokio::spawn(forward_stdin(send)))
-    } else {
-        send.finish()?;
-        None
+    let forward = |mut send: quinn::SendStream| -> anyhow::Result<Option<AbortOnDrop>> {
+        Ok(match console {
+            Some(t) => Some(AbortOnDrop(
+                tokio::spawn(t.clone().forward(send)).abort_handle(),
+            )),
+            None => {
+                send.finish()?;
+                None
+            }
+        })
     };
-    let _stop_typing = typing.map(|t| AbortOnDrop(t.abort_handle()));
-    let mut code = 0;
-    let mut lost = 0;
+    let mut _typing = forward(send)?;
+    let mut p = Progress::default();
+    loop {
+        let why = match follow_events(&mut recv, &mut p, outputs, t0, first_output).await {
+            Ok(done) => return Ok(done),
+            Err(Broken::Refused(e)) => return Err(e),
+            Err(Broken::Lost(why)) => why,
+        };
+        let Some(order) = p.order.clone() else {
+            bail!("lost the broker before it acknowledged the order ({why}); see `cpushare orders` before running the job again");
+        };
+        eprintln!("cpushare: lost the broker ({why}); reconnecting to follow order {order}");
+        *client = reconnect(home).await?;
+        let (mut send, mut r) = client.open().await?;
+        frame::write(
+            &mut send,
+            &Request::Follow {
+                order: order.clone(),
+            },
+        )
+        .await?;
+        _typing = forward(send)?;
+        match frame::read::<Response, _>(&mut r).await? {
+            Some(Response::OrderPlaced { .. }) => {
+                eprintln!("cpushare: following order {order} again");
+                recv = r;
+            }
+            Some(Response::Error(e)) if e.code == ErrorCode::NotFound => {
+                return closed_while_away(client, &order, &mut p, outputs).await;
+            }
+            Some(Response::Error(e)) => bail!("{e}"),
+            other => bail!("unexpected reply to following order {order}: {other:?}"),
+        }
+    }
+}
+
+/// Connects to the broker again, retrying for up to [`RECONNECT_FOR`].
+async fn reconnect(home: &Home) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + RECONNECT_FOR;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match home.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("the broker stayed unreachable for {RECONNECT_FOR:?}: {e}; see `cpushare orders` once it is back")
+            }
+            Err(e) => tracing::info!("broker unreachable ({e}); retrying in {pause:?}"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(4));
+    }
+}
+
+/// The order closed while we were away (a broker restart ends running
+/// leases as `seller lost`): learn how from the listings.
+async fn closed_while_away(
+    client: &Client,
+    order: &str,
+    p: &mut Progress,
+    outputs: &Outputs,
+) -> anyhow::Result<Attempt> {
+    let leases = match client.call(&Request::Leases).await? {
+        Response::Leases(rows) => rows,
+        other => bail!("unexpected reply {other:?}"),
+    };
+    let mut cost = Micros::ZERO;
+    for l in leases.iter().filter(|l| l.order == order) {
+        cost = cost.checked_add(l.cost).unwrap_or(cost);
+        if let Some(end) = &l.end {
+            let mut code = exit_code_of(end);
+            if code == 0 && outputs.expected() && !p.ended.contains(&l.id) {
+                eprintln!("cpushare: lease {} ended well while the broker was unreachable; its outputs are lost", l.id);
+                code = 125;
+            }
+            p.lease_ended(&l.id, end, code, end == "seller lost");
+        }
+    }
+    let state = match client.call(&Request::Orders).await? {
+        Response::Orders(rows) => rows
+            .into_iter()
+            .find(|o| o.id == order)
+            .map(|o| o.state)
+            .unwrap_or_else(|| "closed".into()),
+        other => bail!("unexpected reply {other:?}"),
+    };
+    eprintln!("cpushare: order {order} closed while the broker was unreachable; output sent meanwhile is lost");
+    Ok(Attempt {
+        code: p.code,
+        lost: p.lost,
+        cost,
+        refunded: p.held.saturating_sub(cost),
+        state,
+        order: order.to_string(),
+    })
+}
+
+/// The exit code for a lease end as the listings print it (the
+/// `Display` of [`LeaseEnd`]).
+fn exit_code_of(end: &str) -> i32 {
+    let number = |prefix: &str| end.strip_prefix(prefix).and_then(|n| n.parse().ok());
+    if let Some(code) = number("exited with code ") {
+        return code;
+    }
+    if let Some(status) = number("powered off with status ") {
+        return status;
+    }
+    if end == "cancelled" {
+        return LeaseEnd::Cancelled.exit_code();
+    }
+    125
+}
+
+/// Reads an order's events until it closes.
+async fn follow_events(
+    recv: &mut quinn::RecvStream,
+    p: &mut Progress,
+    outputs: &mut Outputs,
+    t0: Instant,
+    first_output: &mut Option<f64>,
+) -> Result<Attempt, Broken> {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    while let Some(msg) = frame::read::<Response, _>(&mut recv).await? {
+    loop {
+        let msg = match frame::read::<Response, _>(recv).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(Broken::Lost("the broker closed the order stream".into())),
+            Err(e) => return Err(Broken::Lost(e.to_string())),
+        };
         match msg {
-            Response::Error(e) => bail!("{e}"),
+            Response::Error(e) => return Err(Broken::Refused(anyhow::anyhow!("{e}"))),
             Response::OrderPlaced { order, held } => {
                 tracing::info!("order {order} placed, {held} credits held; waiting for a seller");
+                p.order = Some(order);
+                p.held = held;
             }
             Response::LeaseStarted {
                 lease,
@@ -207,23 +448,33 @@ async fn attempt(
                         .and_then(|_| stdout.lock().flush()),
                     StdStream::Stderr => stderr.lock().write_all(&data),
                 };
-                r.context("writing the job's output")?;
+                if let Err(e) = r {
+                    return Err(Broken::Refused(
+                        anyhow::Error::from(e).context("writing the job's output"),
+                    ));
+                }
+            }
+            Response::LeaseRenewed {
+                lease,
+                minutes,
+                cost,
+            } => {
+                eprintln!("cpushare: renewed lease {lease} to {minutes} minutes (cost so far {cost} credits)");
+            }
+            Response::Outputs { lease, data } => {
+                if let Err(e) = outputs.chunk(&lease, &data) {
+                    eprintln!("cpushare: {e}");
+                }
             }
             Response::LeaseEnded { lease, end, cost } => {
-                if !matches!(
-                    end,
-                    LeaseEnd::Exited { code: 0 } | LeaseEnd::PowerOff { status: 0 }
-                ) {
-                    eprintln!("cpushare: lease {lease} {end}");
-                }
                 tracing::info!("lease {lease} ended ({end}), cost {cost}");
-                if end == LeaseEnd::SellerLost {
-                    lost += 1;
+                let mut code = end.exit_code();
+                let well = end == LeaseEnd::Exited { code: 0 };
+                if let Err(e) = outputs.lease_ended(&lease, well) {
+                    eprintln!("cpushare: outputs of lease {lease}: {e}");
+                    code = 125;
                 }
-                let c = end.exit_code();
-                if c != 0 || code == 0 {
-                    code = c;
-                }
+                p.lease_ended(&lease, &end.to_string(), code, end == LeaseEnd::SellerLost);
             }
             Response::OrderClosed {
                 order,
@@ -232,8 +483,8 @@ async fn attempt(
                 refunded,
             } => {
                 return Ok(Attempt {
-                    code,
-                    lost,
+                    code: p.code,
+                    lost: p.lost,
                     cost,
                     refunded,
                     state,
@@ -243,5 +494,4 @@ async fn attempt(
             other => tracing::debug!("ignored {other:?}"),
         }
     }
-    bail!("the broker closed the order stream early; see `cpushare orders` and `cpushare leases`")
 }

@@ -58,6 +58,7 @@ pub enum ShareError {
 #[derive(Debug)]
 pub struct ShareServer {
     local_addr: SocketAddr,
+    allow: Arc<Mutex<AllowList>>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -82,9 +83,11 @@ impl ShareServer {
         })?;
         let service = Arc::new(ShareService::new(&shares, local_addr.port())?);
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, service, allowed_clients, rx));
+        let allow = Arc::new(Mutex::new(allowed_clients));
+        let task = tokio::spawn(accept_loop(listener, service, allow.clone(), rx));
         Ok(Self {
             local_addr,
+            allow,
             shutdown,
             task,
         })
@@ -94,6 +97,12 @@ impl ShareServer {
     /// `mountport=`).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Replaces the allow list for connections accepted from now on (the
+    /// buyer's leases come and go; connections already open stay).
+    pub fn set_allowed(&self, allowed_clients: AllowList) {
+        *self.allow.lock().unwrap_or_else(|p| p.into_inner()) = allowed_clients;
     }
 
     /// Stops accepting, closes every connection and waits for the server
@@ -127,7 +136,7 @@ fn lock(reg: &Registry) -> std::sync::MutexGuard<'_, Connections> {
 async fn accept_loop(
     listener: TcpListener,
     service: Arc<ShareService>,
-    allow: AllowList,
+    allow: Arc<Mutex<AllowList>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let registry: Registry = Arc::default();
@@ -143,7 +152,8 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                if !allow.allows(peer.ip()) {
+                let allowed = allow.lock().unwrap_or_else(|p| p.into_inner()).allows(peer.ip());
+                if !allowed {
                     warn!(%peer, "refused NFS connection from an address not on the allow list");
                     continue;
                 }
