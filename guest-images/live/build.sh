@@ -36,7 +36,7 @@ ln -s busybox "$rd/bin/sh"
 # Modules in dependency order (modules.dep lists a module's dependencies
 # after it, so the reversed list of each line loads dependencies first).
 order=""
-for m in virtio_blk virtio_pci; do
+for m in virtio_blk virtio_pci virtio_net nfsv3; do
 	line=$(grep -E "/$m\.ko(\.xz|\.zst)?:" "$moddir/modules.dep")
 	for dep in $(echo "$line" | tr -d ':' | tr ' ' '\n' | tac); do
 		case " $order " in *" $dep "*) ;; *) order="$order $dep" ;; esac
@@ -64,6 +64,27 @@ echo "cpushare live: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCP
 echo "cpushare live: disks: $(ls /sys/block | tr '\n' ' ')"
 job=""
 for a in $(cat /proc/cmdline); do case "$a" in cpushare.job=*) job=${a#cpushare.job=} ;; esac; done
+# The buyer's --share directories, served over NFSv3 on its vnet address:
+# cpushare.nfs=HOST_IP:EXPORT:GUEST_PATH[:rw], cpushare.nfsport=PORT
+# (the seller's cpushare.ip=ADDR/PREFIX, the lease's vnet address, configures eth0).
+nfsport=2049
+for a in $(cat /proc/cmdline); do
+	case "$a" in
+	cpushare.nfsport=*) nfsport=${a#cpushare.nfsport=} ;;
+	cpushare.ip=*) ip link set eth0 up && ip addr add "${a#cpushare.ip=}" dev eth0 ;;
+	esac
+done
+for a in $(cat /proc/cmdline); do
+	case "$a" in cpushare.nfs=*) ;; *) continue ;; esac
+	set -- $(echo "${a#cpushare.nfs=}" | tr : ' ')
+	if [ "$4" = rw ]; then rw=rw; else rw=ro; fi
+	mkdir -p "$3"
+	if mount -t nfs -o vers=3,nolock,proto=tcp,mountproto=tcp,port=$nfsport,mountport=$nfsport,$rw "$1:$2" "$3"; then
+		echo "cpushare live: mounted $1:$2 at $3 ($rw)"
+	else
+		echo "cpushare live: cannot mount $1:$2 at $3"
+	fi
+done
 if [ -x /job.sh ]; then /job.sh; elif [ -n "$job" ]; then sh -c "$job"; else setsid cttyhack sh; fi
 echo "cpushare live: done"
 poweroff -f

@@ -24,6 +24,27 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// CPU time (user + system) a process used, with that of its reaped
+/// children (a seller's sandboxes), in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the `(comm)`: state is field 3, utime..cstime are 14..17.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<f64>().expect("ticks"))
+        .sum();
+    // SAFETY: sysconf with a constant name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
+}
+
+/// CPU time of this (the buyer's) process so far, milliseconds.
+fn own_cpu_ms() -> f64 {
+    cpu_ms(std::process::id())
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
@@ -45,6 +66,7 @@ async fn one_job(
         job: JobSpec::default(),
         wait_secs: Some(60),
         follow: true,
+        renew_up_to: None,
     };
     frame::write(&mut send, &Request::Buy(req))
         .await
@@ -74,8 +96,8 @@ fn main() {
     let wasm = wasm_modules();
     let hello = wasm.join("hello.wasm");
     let broker = Broker::start(None);
-    let _s1 = Seller::start(&broker, "bench-a", 16, "0.001");
-    let _s2 = Seller::start(&broker, "bench-b", 16, "0.001");
+    let s1 = Seller::start(&broker, "bench-a", 16, "0.001");
+    let s2 = Seller::start(&broker, "bench-b", 16, "0.001");
     let buyer = Buyer::login(&broker, "bench", "1000000");
 
     // Warm up: upload the module and let both sellers compile it.
@@ -87,6 +109,9 @@ fn main() {
     );
     let image = ContentId::of(&std::fs::read(&hello).unwrap());
 
+    let pids = [broker.proc.pid(), s1.proc.pid(), s2.proc.pid()];
+    let cpu_before: Vec<f64> = pids.iter().map(|&p| cpu_ms(p)).collect();
+    let own_before = own_cpu_ms();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (firsts, elapsed) = rt.block_on(async {
         let client = Arc::new(
@@ -115,6 +140,14 @@ fn main() {
         }
         (firsts, t0.elapsed())
     });
+    // Sandboxes are reaped within moments of their lease's end.
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu: Vec<f64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(&p, b)| (cpu_ms(p) - b) / jobs as f64)
+        .collect();
+    let own = (own_cpu_ms() - own_before) / jobs as f64;
     let mut firsts = firsts;
     firsts.sort();
     println!("market e2e, {jobs} tiny wasm jobs (hello.wasm), {concurrency} in flight, broker on SQLite, 2 sellers, loopback");
@@ -126,6 +159,19 @@ fn main() {
         "  order->first output  p50 {}  p99 {}",
         ms(percentile(&firsts, 0.5)),
         ms(percentile(&firsts, 0.99))
+    );
+
+    let total = cpu[0] + cpu[1] + cpu[2] + own;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "  CPU per job          {total:.2} ms: broker {:.2}, sellers with their sandboxes {:.2}, buyer {:.2}",
+        cpu[0],
+        cpu[1] + cpu[2],
+        own
+    );
+    println!(
+        "  CPU-bound ceiling    {:.0} jobs/s on {cores} cores (what the run would reach with nothing else on the machine)",
+        cores * 1000.0 / total
     );
 
     // Whole `cpushare run` invocations, one after another.

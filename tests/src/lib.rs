@@ -2,6 +2,8 @@
 //! and `cpushare` processes on loopback, each in its own temporary
 //! directory, killed when the test ends (even when it fails).
 
+pub mod netlab;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -93,13 +95,20 @@ pub fn wasm_modules() -> PathBuf {
     out
 }
 
-/// Builds the freestanding test guest once and packs it into an ISO whose
+/// Builds the freestanding test guest (again when its sources changed) and packs it into an ISO whose
 /// `cpushare.toml` boots it with `cmdline`; returns the ISO's path.
 pub fn test_guest_iso(name: &str, cmdline: &str) -> PathBuf {
     let out = bin_dir().join("test-guest");
     let _lock = BuildLock::take("test-guest");
     let dir = repo_root().join("guest-images/test-guest");
-    if !out.join("guest.elf").exists() {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let built = modified(&out.join("guest.elf"));
+    // Rebuilt when any source is newer than the last build (or there is none).
+    let stale = std::fs::read_dir(&dir)
+        .expect("guest-images/test-guest")
+        .filter_map(Result::ok)
+        .any(|e| built < modified(&e.path()));
+    if stale {
         let status = Command::new("bash")
             .arg(dir.join("build.sh"))
             .arg(&out)
@@ -208,13 +217,20 @@ fn run_ok(cmd: &mut Command) -> Output {
 impl Broker {
     /// Starts a broker on loopback with SQLite (or `db`), fast heartbeats.
     pub fn start(db: Option<&str>) -> Broker {
+        Broker::start_with_heartbeat(db, 1)
+    }
+
+    /// Like [`Broker::start`], with sellers expected to beat every `secs`
+    /// seconds (the broker's default is 2).
+    pub fn start_with_heartbeat(db: Option<&str>, secs: u32) -> Broker {
         let data = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(bin("cpushare-broker"));
         cmd.arg("--data").arg(data.path());
         if let Some(db) = db {
             cmd.arg("--db").arg(db);
         }
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-secs", "1"]);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-secs"])
+            .arg(secs.to_string());
         let proc = Proc::spawn("cpushare-broker", cmd);
         proc.wait_for("listening on", Duration::from_secs(60));
         Broker {
@@ -222,6 +238,29 @@ impl Broker {
             data,
             db: db.map(str::to_string),
         }
+    }
+
+    /// SIGKILLs the broker and starts it again on the same data directory
+    /// (so the same database) and the same addresses, as an operator
+    /// restarting a crashed broker would.
+    pub fn kill_and_restart(&mut self) {
+        self.proc.kill();
+        let endpoints: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.data.path().join("endpoints.json")).expect("endpoints.json"),
+        )
+        .expect("endpoints json");
+        let addr = |k: &str| endpoints[k].as_str().expect("address").to_string();
+        let mut cmd = Command::new(bin("cpushare-broker"));
+        cmd.arg("--data").arg(self.data.path());
+        if let Some(db) = &self.db {
+            cmd.arg("--db").arg(db);
+        }
+        cmd.args(["serve", "--listen", &addr("broker")])
+            .args(["--enroll-listen", &addr("enroll")])
+            .args(["--heartbeat-secs", "1"]);
+        let proc = Proc::spawn("cpushare-broker (restarted)", cmd);
+        proc.wait_for("listening on", Duration::from_secs(60));
+        self.proc = proc;
     }
 
     /// A `cpushare-broker` admin command against this broker's data.
@@ -369,5 +408,85 @@ impl Buyer {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("json listing")
+    }
+}
+
+/// Starts `cpushare --json run ARGS` as `buyer` in the background, its
+/// output piped.
+pub fn spawn_run(buyer: &Buyer, args: &[&str]) -> Child {
+    buyer
+        .cmd()
+        .args(["--json", "run"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn cpushare run")
+}
+
+/// Waits until `buyer` has `count` leases and the newest is running;
+/// returns the leases listing (newest first).
+pub fn wait_running(buyer: &Buyer, count: usize, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leases = buyer.json("leases");
+        let n = leases.as_array().map_or(0, Vec::len);
+        if n == count && leases[0]["state"] == "running" {
+            return leases;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running lease #{count} within {timeout:?}: {leases}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a child started by [`spawn_run`] and collects its output;
+/// kills it and panics with its stderr if it outlives `timeout`.
+pub fn wait_output(child: &mut Child, timeout: Duration) -> Output {
+    use std::io::Read;
+    // Drain the pipes while waiting, so a chatty child cannot block.
+    let drain = |s: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = s {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = err.join().unwrap_or_default();
+            panic!(
+                "process did not finish within {timeout:?}; its stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }

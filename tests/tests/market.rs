@@ -1,7 +1,7 @@
 //! The market loop end to end with real processes: broker (SQLite), sellers,
 //! buyers, real wasm modules, real QUIC with mutual TLS.
 
-use cpushare_tests::{wasm_modules, Broker, Buyer, Seller};
+use cpushare_tests::{spawn_run, wait_output, wait_running, wasm_modules, Broker, Buyer, Seller};
 use std::time::Duration;
 
 fn stdout(o: &std::process::Output) -> String {
@@ -250,9 +250,9 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
         &[spin.to_str().unwrap(), "--minutes", "3", "--retries", "0"],
     );
     // Wait until the lease runs, then kill the seller without warning.
-    wait_running(&buyer, 1);
+    wait_running(&buyer, 1, Duration::from_secs(30));
     seller.proc.kill();
-    let out = wait_with_timeout(&mut run, Duration::from_secs(60));
+    let out = wait_output(&mut run, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("seller lost"), "{}", stderr(&out));
     // A minute started is a minute billed: 1 of 3 minutes.
@@ -260,68 +260,6 @@ fn a_seller_that_vanishes_mid_lease_is_paid_its_minute_and_the_rest_is_refunded(
     assert_eq!(broker.balance("user:b"), 1_000_000 - 1000);
     let leases = buyer.json("leases");
     assert_eq!(leases[0]["end"], "seller lost");
-}
-
-/// Starts `cpushare --json run ARGS` in the background, output piped.
-fn spawn_run(buyer: &Buyer, args: &[&str]) -> std::process::Child {
-    buyer
-        .cmd()
-        .args(["--json", "run"])
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits until the buyer has `count` leases and the newest is running;
-/// returns the leases listing.
-fn wait_running(buyer: &Buyer, count: usize) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let leases = buyer.json("leases");
-        let n = leases.as_array().map_or(0, Vec::len);
-        if n == count && leases[0]["state"] == "running" {
-            return leases;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no running lease #{count}: {leases}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> std::process::Output {
-    let deadline = std::time::Instant::now() + t;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let mut err = String::new();
-            if let Some(mut s) = child.stderr.take() {
-                use std::io::Read;
-                let _ = s.read_to_string(&mut err);
-            }
-            panic!("process did not finish within {t:?}; its stderr:\n{err}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut out = std::process::Output {
-        status: child.wait().unwrap(),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    use std::io::Read;
-    if let Some(mut s) = child.stdout.take() {
-        s.read_to_end(&mut out.stdout).unwrap();
-    }
-    if let Some(mut s) = child.stderr.take() {
-        s.read_to_end(&mut out.stderr).unwrap();
-    }
-    out
 }
 
 #[test]
@@ -332,13 +270,13 @@ fn cancelling_a_running_job_stops_it_and_bills_the_started_minute() {
     let buyer = Buyer::login(&broker, "b", "1");
     let spin = wasm.join("spin.wasm");
     let mut run = spawn_run(&buyer, &[spin.to_str().unwrap(), "--minutes", "5"]);
-    let order = wait_running(&buyer, 1)[0]["order"]
+    let order = wait_running(&buyer, 1, Duration::from_secs(30))[0]["order"]
         .as_str()
         .unwrap()
         .to_string();
     let out = buyer.run(&["cancel", &order]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = wait_with_timeout(&mut run, Duration::from_secs(30));
+    let out = wait_output(&mut run, Duration::from_secs(30));
     assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
     assert_eq!(cost_micros(&out), 1000);
     assert_eq!(broker.balance("user:b"), 1_000_000 - 1000);
@@ -353,7 +291,7 @@ fn work_whose_seller_vanishes_is_placed_again_on_another_seller() {
     let buyer = Buyer::login(&broker, "b", "1");
     let busy = wasm.join("busy.wasm");
     let mut run = spawn_run(&buyer, &[busy.to_str().unwrap(), "--", "4"]);
-    let first = wait_running(&buyer, 1)[0]["seller"]
+    let first = wait_running(&buyer, 1, Duration::from_secs(30))[0]["seller"]
         .as_str()
         .unwrap()
         .to_string();
@@ -362,7 +300,7 @@ fn work_whose_seller_vanishes_is_placed_again_on_another_seller() {
         "seller-a" => a.proc.kill(),
         _ => b.proc.kill(),
     }
-    let rerun = wait_running(&buyer, 2)[0]["seller"]
+    let rerun = wait_running(&buyer, 2, Duration::from_secs(30))[0]["seller"]
         .as_str()
         .unwrap()
         .to_string();
@@ -371,7 +309,7 @@ fn work_whose_seller_vanishes_is_placed_again_on_another_seller() {
         killed_at.elapsed().as_secs_f64()
     );
     assert_ne!(rerun, first, "the work must move to the other seller");
-    let out = wait_with_timeout(&mut run, Duration::from_secs(60));
+    let out = wait_output(&mut run, Duration::from_secs(60));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("done"), "{}", stdout(&out));
     assert!(
@@ -420,4 +358,27 @@ fn the_market_runs_on_postgresql_too() {
         assert_eq!(broker.balance("user:pg-buyer"), 1_000_000 - 1000);
     }
     psql(&format!("DROP DATABASE {db} WITH (FORCE)"));
+}
+
+#[test]
+fn two_buyers_uploading_the_same_new_module_at_once_both_run_it() {
+    // Uploads of one content id take turns at the broker; before they did,
+    // both appended to one partial file and the stored image was wrong.
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _seller = Seller::start(&broker, "s1", 2, "0.001");
+    let buyers = [
+        Buyer::login(&broker, "b1", "10"),
+        Buyer::login(&broker, "b2", "10"),
+    ];
+    let module = wasm.join("primes.wasm");
+    let mut runs: Vec<_> = buyers
+        .iter()
+        .map(|b| spawn_run(b, &[module.to_str().unwrap(), "--wait", "60", "--", "1000"]))
+        .collect();
+    for run in &mut runs {
+        let out = wait_output(run, Duration::from_secs(120));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    broker.ledger();
 }

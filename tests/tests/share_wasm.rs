@@ -1,0 +1,192 @@
+//! `--share` for wasm jobs, end to end with real processes: a read-only
+//! directory uploaded by content id and staged into the guest, a writable
+//! one shipped back and placed only when the job ends well, once, even
+//! when the work is placed again after its seller is SIGKILLed.
+
+use cpushare_tests::{spawn_run, wait_output, wait_running, wasm_modules, Broker, Buyer, Seller};
+use std::path::Path;
+use std::time::Duration;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A directory holding `in/x`.
+fn input_dir() -> tempfile::TempDir {
+    let base = tempfile::tempdir().unwrap();
+    std::fs::create_dir(base.path().join("in")).unwrap();
+    std::fs::write(base.path().join("in/x"), b"hello share\n").unwrap();
+    base
+}
+
+fn share(dir: &Path, guest: &str, rw: bool) -> String {
+    format!("{}:{guest}{}", dir.display(), if rw { ":rw" } else { "" })
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn inputs_reach_the_guest_read_only_and_outputs_come_back_only_from_a_job_that_ended_well() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let base = input_dir();
+    let (inp, out) = (base.path().join("in"), base.path().join("out"));
+    let module = wasm.join("share.wasm");
+    let out_run = buyer.run(&[
+        "run",
+        module.to_str().unwrap(),
+        "--share",
+        &share(&inp, "/in", false),
+        "--share",
+        &share(&out, "/out", true),
+    ]);
+    assert!(out_run.status.success(), "{}", stderr(&out_run));
+    let text = stdout(&out_run);
+    assert!(text.contains("write into /in: refused"), "{text}");
+    assert!(text.contains("escape from /in: refused"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("y")).unwrap(),
+        "seen: hello share\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("sub/z")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(names(&inp), ["x"], "the input directory is untouched");
+    assert_eq!(
+        names(base.path()),
+        ["in", "out"],
+        "no temporary directory is left behind"
+    );
+
+    // A job that fails places nothing.
+    let failed_out = base.path().join("failed-out");
+    let o = buyer.run(&[
+        "run",
+        wasm.join("exitcode.wasm").to_str().unwrap(),
+        "--share",
+        &share(&failed_out, "/out", true),
+        "--",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        !failed_out.exists(),
+        "a failed job's outputs must not appear"
+    );
+
+    // Outputs never overwrite: a non-empty output directory is refused
+    // before anything is bought.
+    let spent = broker.balance("user:b");
+    let o = buyer.run(&[
+        "run",
+        module.to_str().unwrap(),
+        "--share",
+        &share(&inp, "/in", false),
+        "--share",
+        &share(&out, "/out", true),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not empty"), "{}", stderr(&o));
+    assert_eq!(broker.balance("user:b"), spent);
+    broker.ledger();
+}
+
+#[test]
+fn links_and_bad_guest_paths_are_refused_before_anything_is_bought() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let base = input_dir();
+    let inp = base.path().join("in");
+    std::os::unix::fs::symlink("/etc/passwd", inp.join("passwd")).unwrap();
+    let module = wasm.join("share.wasm");
+    let o = buyer.run(&[
+        "run",
+        module.to_str().unwrap(),
+        "--share",
+        &share(&inp, "/in", false),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    for bad in ["/in/../etc", "relative", "/scratch/x", "/"] {
+        let o = buyer.run(&[
+            "run",
+            module.to_str().unwrap(),
+            "--share",
+            &format!("{}:{bad}", base.path().display()),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains("guest path"), "{bad}: {}", stderr(&o));
+    }
+    assert_eq!(broker.balance("user:b"), 1_000_000);
+    assert!(buyer.json("orders").as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_job_rerun_after_its_seller_is_killed_places_its_outputs_once() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let mut a = Seller::start(&broker, "seller-a", 1, "0.001");
+    let mut b = Seller::start(&broker, "seller-b", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let base = input_dir();
+    let (inp, out) = (base.path().join("in"), base.path().join("out"));
+    let module = wasm.join("share.wasm");
+    // The guest writes its outputs at once, then works for 6 s: the first
+    // seller dies holding outputs that must never reach the buyer.
+    let mut run = spawn_run(
+        &buyer,
+        &[
+            module.to_str().unwrap(),
+            "--share",
+            &share(&inp, "/in", false),
+            "--share",
+            &share(&out, "/out", true),
+            "--",
+            "6",
+        ],
+    );
+    let first = wait_running(&buyer, 1, Duration::from_secs(30))[0]["seller"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    match first.as_str() {
+        "seller-a" => a.proc.kill(),
+        _ => b.proc.kill(),
+    }
+    let leases = wait_running(&buyer, 2, Duration::from_secs(60));
+    assert_ne!(leases[0]["seller"], first.as_str());
+    let o = wait_output(&mut run, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("placing the work again"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o).matches("done").count(), 1, "{}", stdout(&o));
+    assert_eq!(names(&out), ["sub", "y"]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("y")).unwrap(),
+        "seen: hello share\n"
+    );
+    assert_eq!(names(base.path()), ["in", "out"]);
+    // Two started minutes: the lost lease's and the rerun's.
+    assert_eq!(broker.balance("user:b"), 1_000_000 - 2000);
+    broker.ledger();
+}
