@@ -6,9 +6,13 @@
 # build of vnet-node (cargo build --release -p cpushare-vnet).
 #
 # Usage: vnet/bench/compare.sh [seconds-per-run]   (default 5)
+# Environment: PING_INTERVAL (seconds between pings, default 0.005);
+# QUICK=1 measures only the bare veth and direct vnet (no relay, no WireGuard).
 set -euo pipefail
 
 DUR=${1:-5}
+PING_INTERVAL=${PING_INTERVAL:-0.005}
+QUICK=${QUICK:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VNET=${VNET_NODE:-$ROOT/target/release/vnet-node}
 BT=${BORINGTUN:-$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")}
@@ -29,7 +33,9 @@ cleanup() {
 trap cleanup EXIT
 
 [ "$(id -u)" = 0 ] || { echo "compare.sh needs root (namespaces, veth, TUN)" >&2; exit 1; }
-for t in iperf3 wg wireguard-go "$BT" "$VNET"; do
+NEEDED=(iperf3 jq "$VNET")
+[ "$QUICK" = 1 ] || NEEDED+=(wg wireguard-go "$BT")
+for t in "${NEEDED[@]}"; do
     command -v "$t" >/dev/null || [ -x "$t" ] || { echo "missing $t" >&2; exit 1; }
 done
 
@@ -52,7 +58,7 @@ tput_gbps() { # dst streams
         | jq -r '.end.sum_received.bits_per_second / 1e9' 2>/dev/null || echo 0
 }
 rtt_us() { # dst -> "p50/avg" in microseconds (p50 resists scheduler outliers on a busy box)
-    ip netns exec $A ping -c 200 -i 0.005 -W 1 "$1" 2>/dev/null | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n \
+    ip netns exec $A ping -c 200 -i "$PING_INTERVAL" -W 1 "$1" 2>/dev/null | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n \
         | awk '{ a[NR] = $1; s += $1 } END { printf "%.0f/%.0f", a[int(NR / 2) + 1] * 1000, s / NR * 1000 }'
 }
 wait_ping() { for _ in $(seq 1 50); do ip netns exec $A ping -c1 -W1 "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "no path to $1" >&2; return 1; }
@@ -88,6 +94,13 @@ ip netns exec $A "$VNET" run "$TMP/a.json" 2>"$TMP/a.log" & PIDS+=($!)
 ip netns exec $B "$VNET" run "$TMP/b.json" 2>"$TMP/b.log" & PIDS+=($!)
 measure vnet 10.77.0.2
 kill "${PIDS[-1]}" "${PIDS[-2]}"; wait "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true; PIDS=(); sleep 0.3
+if [ "$QUICK" = 1 ]; then
+    echo
+    echo "quick run: ${DUR}s iperf3 TCP per run, 200 pings every ${PING_INTERVAL}s; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+    awk -v r="${RTT[vnet]}" -v br="${RTT[bare]}" -v t1="${T1[vnet]}" -v t4="${T4[vnet]}" \
+        'BEGIN { split(r, x, "/"); split(br, y, "/"); printf "vnet - bare: %+d us p50, %+d us avg; vnet %.2f / %.2f Gbit/s (1/4 streams)\n", x[1]-y[1], x[2]-y[2], t1, t4 }'
+    exit 0
+fi
 
 # vnet relayed: A and B only know each other's addresses on the R links,
 # which have no route between them; R relays.
@@ -134,7 +147,7 @@ done
 best=boringtun
 awk -v a="${T1[wireguard-go]}" -v b="${T1[boringtun]}" 'BEGIN { exit !(a > b) }' && best=wireguard-go
 echo
-echo "vnet benchmark: ${DUR}s iperf3 TCP per run, 200 pings at 5 ms; $(nproc) cores; $(uname -r)"
+echo "vnet benchmark: ${DUR}s iperf3 TCP per run, 200 pings every ${PING_INTERVAL}s; $(nproc) cores; $(uname -r); load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-14s %10s %10s %12s %9s %9s %9s %9s\n' path "1-str Gb/s" "4-str Gb/s" "rtt p50/avg" "1s/bare" "1s/best" "4s/best" "+p50 us"
 for k in bare vnet vnet-relayed boringtun wireguard-go; do
     awk -v n="$k" -v t1="${T1[$k]}" -v t4="${T4[$k]}" -v r="${RTT[$k]}" -v b1="${T1[bare]}" -v w1="${T1[$best]}" -v w4="${T4[$best]}" -v br="${RTT[bare]}" \

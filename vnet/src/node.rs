@@ -8,7 +8,7 @@
 
 use crate::keys::{PeerId, PublicKey, SecretKey};
 use crate::path::{Path, PathKind, PeerStatus, Route, Via};
-use crate::router::{mtu, DropCounters, DropReason, Router, RouterError, Subnet};
+use crate::router::{mtu, DropCounters, DropReason, EgressPolicy, Router, RouterError, Subnet};
 use crate::wire::handshake::{self, Initiation};
 use crate::wire::session::{
     Session, SessionError, REJECT_AFTER_TIME, REKEY_AFTER_TIME, RELAY_INNER_AT, RELAY_TAG_AT,
@@ -76,13 +76,17 @@ pub struct NodeConfig {
     pub relay: Option<PublicKey>,
     /// Whether we forward relay traffic between other members.
     pub relay_for_others: bool,
+    /// Where our local side (guest or TUN) may send; every lease keeps the
+    /// default, [`EgressPolicy::SubnetOnly`].
+    pub egress: EgressPolicy,
     /// Wall-clock time (since the Unix epoch) at the `now` given to [`Node::new`];
     /// handshake timestamps derive from it.
     pub unix_time: Duration,
 }
 
 impl NodeConfig {
-    /// A config with defaults: zero PSK, default MTU, no relay, not relaying.
+    /// A config with defaults: zero PSK, default MTU, no relay, not relaying,
+    /// egress to the subnet only.
     pub fn new(
         secret_key: SecretKey,
         subnet: Subnet,
@@ -97,6 +101,7 @@ impl NodeConfig {
             mtu: DEFAULT_INNER_MTU,
             relay: None,
             relay_for_others: false,
+            egress: EgressPolicy::SubnetOnly,
             unix_time,
         }
     }
@@ -235,6 +240,9 @@ struct Peer {
     next: Option<Session>,
     pending: Option<Pending>,
     last_init_timestamp: u64,
+    /// When the peer was added: the higher id opens a session itself once
+    /// [`REKEY_TIMEOUT`] has passed since then without one.
+    added: Instant,
     queue: VecDeque<Vec<u8>>,
 }
 
@@ -321,6 +329,12 @@ impl Node {
         &self.drops
     }
 
+    /// Counts a drop the shell decided on the local side before the node saw
+    /// the packet (a guest's ARP for an address outside the subnet, say).
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.drops.count(reason);
+    }
+
     /// Adds or updates a member (new endpoints keep the existing session).
     pub fn add_peer(&mut self, pc: PeerConfig, now: Instant) -> Result<PeerId, NodeError> {
         if pc.public_key == self.config.secret_key.public_key() {
@@ -345,10 +359,22 @@ impl Node {
                 next: None,
                 pending: None,
                 last_init_timestamp: 0,
+                added: now,
                 queue: VecDeque::new(),
             },
         );
         Ok(id)
+    }
+
+    /// Ids of every member.
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// Changes the member that relays for us (the rendezvous names it).
+    pub fn set_relay(&mut self, relay: Option<PublicKey>) {
+        self.config.relay = relay;
+        self.relay = relay.map(|k| k.peer_id());
     }
 
     /// Removes a member and its sessions.
@@ -405,6 +431,18 @@ impl Node {
             return self.drops.count(DropReason::NotIpv4);
         }
         let packet = &buf[TUN_HEADROOM..];
+        // The egress policy first: a denied packet gets nothing back, not
+        // even an ICMP error naming its destination.
+        let routed = match self.config.egress {
+            EgressPolicy::SubnetOnly => self.router.route_outbound(packet),
+        };
+        let peer = match routed {
+            Ok(p) => p,
+            Err(r) => {
+                out.recycle(buf);
+                return self.drops.count(r);
+            }
+        };
         if packet.len() > self.config.mtu {
             self.drops.count(DropReason::TooBig);
             let mut icmp = out.buffer();
@@ -416,13 +454,6 @@ impl Node {
             out.recycle(buf);
             return;
         }
-        let peer = match self.router.route_outbound(packet) {
-            Ok(p) => p,
-            Err(r) => {
-                out.recycle(buf);
-                return self.drops.count(r);
-            }
-        };
         let mss = (self.config.mtu - 40) as u16;
         mtu::clamp_mss(&mut buf[TUN_HEADROOM..], mss);
         self.send_plain(now, peer, buf, None, out);
@@ -956,8 +987,12 @@ impl Node {
                     };
                     (s.created + rekey).min(p.path.poll_timeout())
                 });
-                let proactive = (p.current.is_none() && p.pending.is_none() && self.id < *id)
-                    .then_some(self.epoch);
+                let proactive =
+                    (p.current.is_none() && p.pending.is_none()).then_some(if self.id < *id {
+                        self.epoch
+                    } else {
+                        p.added + REKEY_TIMEOUT
+                    });
                 [pending, session, proactive]
             })
             .flatten()
@@ -1005,9 +1040,12 @@ impl Node {
         } else if let Some(s) = &p.current {
             let age = now.saturating_duration_since(s.created);
             initiate = s.wants_rekey(now) && (s.initiator || age >= RESPONDER_REKEY_AFTER);
-        } else if me < id {
+        } else if me < id || now >= p.added + REKEY_TIMEOUT {
             // The lower id opens sessions proactively, so paths are ready
-            // before the first packet and both sides do not collide.
+            // before the first packet and both sides rarely collide. The
+            // higher id follows if nothing came: behind a NAT, its own
+            // outbound handshake is what opens the mapping for the peer
+            // (simultaneous open), so waiting forever would deadlock.
             initiate = true;
         }
         if initiate {

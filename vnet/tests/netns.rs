@@ -479,3 +479,242 @@ fn ip_checksum(h: &[u8]) -> u16 {
     }
     !(s as u16)
 }
+
+/// Builds one Ethernet frame from the guest's MAC to the vnet's virtual MAC.
+fn guest_frame(guest_mac: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = cpushare_vnet::router::arp::VIRTUAL_MAC.to_vec();
+    f.extend_from_slice(&guest_mac);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn guest_frames_on_a_seqpacket_link_reach_a_tun_peer_and_get_answers() {
+    use cpushare_vnet::shell::{self, frames::FrameLink, Local};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut lab = Lab::new("f");
+    let (na, nb) = (lab.ns("a"), lab.ns("b"));
+    lab.link(&na, "172.31.0.1", &nb, "172.31.0.2");
+    let a = member(1, "172.31.0.1:51820");
+    let b = member(2, "172.31.0.2:51820");
+    lab.start(
+        &na,
+        &config(&lab, &a, &[(&b, vec![b.endpoint])], None, false),
+    );
+    // Member B is a guest on a frame link (as a VMM's virtio-net would give),
+    // its node run by the shell in this process, inside namespace B.
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors socketpair writes.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "socketpair");
+    // SAFETY: socketpair returned two fresh descriptors, each owned once here.
+    let (ours, guest) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (b_key, b_addr, b_ep, a_pub, a_addr, a_ep) = (
+        b.key.clone(),
+        b.addr,
+        b.endpoint,
+        a.key.public_key(),
+        a.addr,
+        a.endpoint,
+    );
+    let running = in_ns(&nb, move || {
+        let subnet: cpushare_vnet::router::Subnet = "10.77.0.0/16".parse().unwrap();
+        let cfg = NodeConfig::new(b_key, subnet, b_addr, shell::unix_now());
+        let mut node = Node::new(cfg, Instant::now()).expect("node");
+        node.add_peer(
+            PeerConfig {
+                public_key: a_pub,
+                address: a_addr,
+                endpoints: vec![a_ep],
+            },
+            Instant::now(),
+        )
+        .expect("peer");
+        let sock = shell::bind(b_ep).expect("bind");
+        shell::run(
+            node,
+            sock,
+            Local::Frames(FrameLink::new(ours, subnet)),
+            true,
+            None,
+        )
+        .expect("shell")
+    })
+    .join()
+    .expect("node thread");
+    let guest = std::os::unix::net::UnixDatagram::from(guest);
+    guest
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mac = [0x52, 0x54, 0, 0xaa, 0xbb, 0xcc];
+    // ARP: who has A's address?
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&b_addr.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&a_addr.octets());
+    let mut f = guest_frame(mac, 0x0806, &arp);
+    f[..6].copy_from_slice(&[0xff; 6]);
+    guest.send(&f).expect("send arp");
+    let mut buf = vec![0u8; 4096];
+    let n = guest.recv(&mut buf).expect("ARP reply");
+    assert_eq!(&buf[12..14], &[8, 6]);
+    assert_eq!(&buf[28..32], &a_addr.octets(), "reply names A's address");
+    assert_eq!(n, 42);
+    // ICMP echo to A's kernel, until the handshake is done and it answers.
+    let mut ping = vec![
+        0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0x12, 0x34,
+        0, 1,
+    ];
+    ping[12..16].copy_from_slice(&b_addr.octets());
+    ping[16..20].copy_from_slice(&a_addr.octets());
+    let c = ip_checksum(&ping[..20]);
+    ping[10..12].copy_from_slice(&c.to_be_bytes());
+    let c = ip_checksum(&ping[20..]);
+    ping[22..24].copy_from_slice(&c.to_be_bytes());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        assert!(Instant::now() < deadline, "no echo reply reached the guest");
+        guest
+            .send(&guest_frame(mac, 0x0800, &ping))
+            .expect("send echo");
+        let Ok(n) = guest.recv(&mut buf) else {
+            continue;
+        };
+        let ip = &buf[14..n];
+        if buf[12..14] == [8, 0] && ip.len() >= 28 && ip[9] == 1 && ip[20] == 0 {
+            break ip.to_vec();
+        }
+    };
+    assert_eq!(&buf[..6], &mac, "the frame is addressed to the guest");
+    assert_eq!(&reply[12..16], &a_addr.octets());
+    assert_eq!(&reply[16..20], &b_addr.octets());
+    assert_eq!(&reply[24..26], &[0x12, 0x34], "our echo id came back");
+    let st = running.status();
+    assert!(st.peers[0].bytes_in > 0 && st.peers[0].bytes_out > 0);
+    lab.assert_alive();
+}
+
+/// The ICMP echo requests namespace `ns` has received so far.
+fn icmp_in_echos(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("read snmp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp:"));
+    let (names, values) = (
+        icmp.next().expect("Icmp names"),
+        icmp.next().expect("values"),
+    );
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "InEchos")
+        .expect("InEchos column");
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .expect("InEchos value")
+}
+
+/// Pings `dst` from `ns` (optionally from source `src`) and says whether any reply came.
+fn ping_answered(ns: &str, src: Option<&str>, dst: &str, count: u32) -> bool {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "ping", "-c", &count.to_string()]);
+    cmd.args(["-i", "0.2", "-W", "1"]);
+    if let Some(s) = src {
+        cmd.args(["-I", s]);
+    }
+    cmd.arg(dst)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("ping")
+        .success()
+}
+
+#[test]
+fn a_lease_guest_reaches_members_but_not_the_seller_or_outside_the_subnet() {
+    let mut lab = Lab::new("e");
+    // S: the seller's host; B: another member; G: the lease's guest, whose
+    // only interface is the lease node's TUN (moved out of S, the node stays in S).
+    let (ns, nb, ng) = (lab.ns("s"), lab.ns("b"), lab.ns("g"));
+    lab.link(&ns, "172.31.5.1", &nb, "172.31.5.2");
+    let g = member(1, "172.31.5.1:51820");
+    let b = member(2, "172.31.5.2:51820");
+    lab.start(
+        &ns,
+        &config(&lab, &g, &[(&b, vec![b.endpoint])], None, false),
+    );
+    lab.start(
+        &nb,
+        &config(&lab, &b, &[(&g, vec![g.endpoint])], None, false),
+    );
+    lab.status(g.addr); // written once the TUN exists
+    sh(&["ip", "-n", &ns, "link", "set", "vnet0", "netns", &ng]);
+    let guest_ip = format!("{}/16", g.addr);
+    sh(&["ip", "-n", &ng, "addr", "add", &guest_ip, "dev", "vnet0"]);
+    sh(&[
+        "ip",
+        "-n",
+        &ng,
+        "addr",
+        "add",
+        "10.77.0.9/16",
+        "dev",
+        "vnet0",
+    ]);
+    sh(&["ip", "-n", &ng, "link", "set", "vnet0", "up"]);
+    sh(&["ip", "-n", &ng, "route", "add", "default", "dev", "vnet0"]);
+
+    // A member inside the subnet answers.
+    lab.ping(&ng, b.addr, 3);
+
+    let denied = |lab: &Lab| {
+        lab.status(g.addr)
+            .drops
+            .get("egress_denied")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = denied(&lab);
+    let echos_before = icmp_in_echos(&ns);
+    for dst in ["172.31.5.1", "172.31.5.2", "10.78.0.2", "192.0.2.1"] {
+        assert!(
+            !ping_answered(&ng, None, dst, 3),
+            "the guest reached {dst} outside its subnet"
+        );
+    }
+    let st = lab.status_when(g.addr, |s| {
+        s.drops.get("egress_denied").copied().unwrap_or(0) >= before + 12
+    });
+    let after = st.drops.get("egress_denied").copied().unwrap_or(0);
+    assert!(
+        after >= before + 12,
+        "12 denied echo requests, counter went {before} -> {after}"
+    );
+    assert_eq!(
+        icmp_in_echos(&ns),
+        echos_before,
+        "the seller's host saw none of them"
+    );
+
+    // Posing as another address of the subnet is refused too.
+    let spoofed_before = st.drops.get("spoofed_source").copied().unwrap_or(0);
+    assert!(!ping_answered(
+        &ng,
+        Some("10.77.0.9"),
+        &b.addr.to_string(),
+        3
+    ));
+    let st = lab.status_when(g.addr, |s| {
+        s.drops.get("spoofed_source").copied().unwrap_or(0) >= spoofed_before + 3
+    });
+    assert!(st.drops.get("spoofed_source").copied().unwrap_or(0) >= spoofed_before + 3);
+
+    // And the member is still reachable afterwards.
+    lab.ping(&ng, b.addr, 2);
+    lab.assert_alive();
+}

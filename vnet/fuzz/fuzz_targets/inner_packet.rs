@@ -2,7 +2,7 @@
 #![no_main]
 
 use cpushare_vnet::router::arp::EthernetAdapter;
-use cpushare_vnet::router::{ipv4, mtu};
+use cpushare_vnet::router::{egress, ipv4, mtu, Subnet};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = mtu::fragmentation_needed(data, 1340, &mut out);
     let mut copy = data.to_vec();
     let _ = mtu::clamp_mss(&mut copy, 1300);
-    let mut ad = EthernetAdapter::new("10.77.0.0/16".parse().unwrap());
+    let subnet: Subnet = "10.77.0.0/16".parse().unwrap();
+    let me = std::net::Ipv4Addr::new(10, 77, 0, 5);
+    if let Ok(dst) = egress::classify(subnet, me, data) {
+        assert!(subnet.contains(dst), "egress let {dst} out of the subnet");
+    }
+    let mut ad = EthernetAdapter::new(subnet);
     let _ = ad.handle_frame(data, &mut out);
 });

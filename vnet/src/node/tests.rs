@@ -19,6 +19,10 @@ struct Net {
     nodes: Vec<Node>,
     keys: Vec<SecretKey>,
     blocked: HashSet<(usize, usize)>,
+    /// Nodes behind a NAT: they receive only from peers they sent to first.
+    natted: HashSet<usize>,
+    /// (natted node, peer) mappings opened by outbound traffic.
+    mappings: HashSet<(usize, usize)>,
     delivered: Vec<Vec<Vec<u8>>>,
     wire_log: Vec<(usize, usize, Vec<u8>)>,
     out: Outputs,
@@ -61,6 +65,8 @@ impl Net {
             nodes,
             keys,
             blocked: HashSet::new(),
+            natted: HashSet::new(),
+            mappings: HashSet::new(),
             delivered: vec![Vec::new(); n],
             wire_log: Vec::new(),
             out: Outputs::new(),
@@ -107,7 +113,12 @@ impl Net {
                 continue;
             };
             self.wire_log.push((from, to, bytes.clone()));
-            if self.blocked.contains(&(from, to)) {
+            if self.natted.contains(&from) {
+                self.mappings.insert((from, to));
+            }
+            if self.blocked.contains(&(from, to))
+                || (self.natted.contains(&to) && !self.mappings.contains(&(to, from)))
+            {
                 continue;
             }
             let mut out = std::mem::take(&mut self.out);
@@ -203,6 +214,27 @@ fn proactive_handshake_opens_sessions_before_traffic() {
             assert!(net.status(i, j).session, "{i} -> {j}");
         }
     }
+}
+
+#[test]
+fn a_natted_higher_id_opens_the_session_itself_after_a_while() {
+    let mut net = Net::new(2, false);
+    let hi = if net.id(0) > net.id(1) { 0 } else { 1 };
+    let lo = 1 - hi;
+    net.natted.insert(hi);
+    net.advance(Duration::from_secs(1));
+    assert!(
+        !net.status(lo, hi).session,
+        "the NAT drops the lower id's handshake"
+    );
+    net.advance(REKEY_TIMEOUT + Duration::from_secs(1));
+    assert!(
+        net.status(lo, hi).session,
+        "the higher id's own handshake opened the NAT"
+    );
+    assert!(net.status(hi, lo).session);
+    let p = net.send(lo, hi, 100);
+    assert_eq!(net.delivered[hi], vec![p]);
 }
 
 #[test]
@@ -306,16 +338,59 @@ fn isolation_rules_drop_outbound_violations() {
     net.send_raw(0, &udp_packet(ip(9), ip(2), 10));
     net.send_raw(0, &udp_packet(ip(1), ip(99), 10));
     net.send_raw(0, &[0x60; 48]);
+    net.send_raw(0, &[0x45; 10]);
     assert!(net.wire_log.is_empty());
-    for r in [
-        DropReason::OutsideSubnet,
-        DropReason::Broadcast,
-        DropReason::SpoofedSource,
-        DropReason::UnknownDestination,
-        DropReason::NotIpv4,
+    for (r, n) in [
+        (DropReason::EgressDenied, 2),
+        (DropReason::Broadcast, 1),
+        (DropReason::SpoofedSource, 1),
+        (DropReason::UnknownDestination, 1),
+        (DropReason::NotIpv4, 1),
     ] {
-        assert_eq!(net.drops(0, r), 1, "{r:?}");
+        assert_eq!(net.drops(0, r), n, "{r:?}");
     }
+}
+
+#[test]
+fn a_lease_with_a_session_still_sends_nothing_outside_its_subnet() {
+    let mut net = Net::new(2, false);
+    assert_eq!(net.nodes[0].config.egress, EgressPolicy::SubnetOnly);
+    let p = net.send(0, 1, 50);
+    assert_eq!(net.delivered[1], vec![p]);
+    net.wire_log.clear();
+    let seller_host = Ipv4Addr::new(192, 168, 1, 10);
+    let destinations = [
+        seller_host,
+        Ipv4Addr::new(192, 168, 1, 1),
+        Ipv4Addr::new(10, 78, 0, 2),
+        Ipv4Addr::new(1, 1, 1, 1),
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(224, 0, 0, 251),
+        Ipv4Addr::BROADCAST,
+    ];
+    for dst in destinations {
+        net.send_raw(0, &udp_packet(ip(1), dst, 10));
+    }
+    // Oversize to the outside: denied, not answered with an ICMP error
+    // that would speak for the outside address.
+    net.send_raw(0, &udp_packet(ip(1), seller_host, DEFAULT_INNER_MTU));
+    // A guest pretending to be the other member.
+    net.send_raw(0, &udp_packet(ip(2), ip(2), 10));
+    assert!(net.wire_log.is_empty(), "nothing sealed or sent");
+    assert_eq!(net.delivered[0].len(), 0, "no ICMP back");
+    assert_eq!(net.delivered[1].len(), 1);
+    assert_eq!(
+        net.drops(0, DropReason::EgressDenied),
+        destinations.len() as u64 + 1
+    );
+    assert_eq!(net.drops(0, DropReason::SpoofedSource), 1);
+    assert_eq!(net.drops(0, DropReason::TooBig), 0);
+    let st = serde_json::to_value(net.nodes[0].status(net.now)).unwrap();
+    assert_eq!(st["drops"]["egress_denied"], destinations.len() + 1);
+    // The member is still reachable.
+    let q = net.send(0, 1, 60);
+    assert_eq!(net.delivered[1].last(), Some(&q));
 }
 
 #[test]

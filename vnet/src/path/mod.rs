@@ -22,6 +22,8 @@ pub const MAX_MISSED_PROBES: u32 = 3;
 /// If we keep sending directly but have heard nothing back for this long,
 /// probe at once instead of waiting for the keepalive.
 pub const SUSPECT_AFTER: Duration = Duration::from_secs(5);
+/// Most endpoint candidates kept per peer (told plus learnt).
+pub const MAX_CANDIDATES: usize = 24;
 /// Outstanding probes remembered per peer.
 const MAX_OUTSTANDING: usize = 16;
 
@@ -135,7 +137,14 @@ impl Path {
     }
 
     /// Replaces the endpoint candidates (new rendezvous information).
-    pub fn set_candidates(&mut self, candidates: Vec<SocketAddr>, now: Instant) {
+    /// Addresses the peer was heard from (learnt, not told) are kept, up to
+    /// [`MAX_CANDIDATES`], so a hard NAT's real mapping survives updates.
+    pub fn set_candidates(&mut self, mut candidates: Vec<SocketAddr>, now: Instant) {
+        for old in &self.candidates {
+            if !candidates.contains(old) && candidates.len() < MAX_CANDIDATES {
+                candidates.push(*old);
+            }
+        }
         self.candidates = candidates;
         if self.direct.is_none() {
             self.next_probe = now;
@@ -295,7 +304,7 @@ impl Path {
                 self.srtt = None;
             }
             None => {
-                if !self.candidates.contains(&from) {
+                if !self.candidates.contains(&from) && self.candidates.len() < MAX_CANDIDATES {
                     self.candidates.push(from);
                 }
                 // The peer reaches us from there: check the way back soon.

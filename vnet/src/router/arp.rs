@@ -19,7 +19,11 @@ pub enum FrameAction<'a> {
     Reply,
     /// Route this IPv4 packet (the frame's payload).
     Ip(&'a [u8]),
-    /// Not for us (other ethertypes, ARP for addresses outside the subnet, junk).
+    /// Refused by egress isolation: ARP for an address outside the subnet,
+    /// or a protocol the vnet does not carry (IPv6, VLAN tags, ...). The
+    /// caller counts it as [`super::DropReason::EgressDenied`].
+    Denied,
+    /// Nothing to do (junk, ARP replies, gratuitous ARP, address probes).
     Ignore,
 }
 
@@ -36,6 +40,16 @@ impl EthernetAdapter {
         Self {
             subnet,
             guest_mac: None,
+        }
+    }
+
+    /// An adapter for a guest whose NIC's MAC is known up front (the VMM
+    /// assigned it), so packets reach a guest that has not sent anything
+    /// yet; a guest that changes its MAC is learnt again from its frames.
+    pub fn with_guest_mac(subnet: Subnet, mac: [u8; 6]) -> Self {
+        Self {
+            subnet,
+            guest_mac: (mac[0] & 1 == 0).then_some(mac),
         }
     }
 
@@ -62,7 +76,7 @@ impl EthernetAdapter {
                 FrameAction::Ip(payload)
             }
             ETHERTYPE_ARP => self.handle_arp(src, payload, reply),
-            _ => FrameAction::Ignore,
+            _ => FrameAction::Denied,
         }
     }
 
@@ -73,8 +87,13 @@ impl EthernetAdapter {
         }
         let sender_ip = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
         let target_ip = Ipv4Addr::new(a[24], a[25], a[26], a[27]);
-        if !self.subnet.is_host(target_ip) || target_ip == sender_ip {
-            return FrameAction::Ignore; // gratuitous ARP / duplicate address probe
+        if target_ip == sender_ip || sender_ip.is_unspecified() {
+            // Gratuitous ARP, or a duplicate address probe (RFC 5227): no
+            // one else has the guest's address, so stay silent.
+            return FrameAction::Ignore;
+        }
+        if !self.subnet.is_host(target_ip) {
+            return FrameAction::Denied;
         }
         self.guest_mac = Some(src);
         reply.clear();
@@ -122,6 +141,18 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_mac_reaches_a_silent_guest_and_multicast_is_refused() {
+        let subnet: Subnet = "10.77.0.0/16".parse().unwrap();
+        let mut out = Vec::new();
+        assert!(!EthernetAdapter::new(subnet).wrap_ip(&[0x45; 20], &mut out));
+        let ad = EthernetAdapter::with_guest_mac(subnet, GUEST);
+        assert!(ad.wrap_ip(&[0x45; 20], &mut out));
+        assert_eq!(out[..6], GUEST);
+        let multicast = EthernetAdapter::with_guest_mac(subnet, [1, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(multicast.guest_mac(), None);
+    }
+
+    #[test]
     fn arp_for_subnet_address_gets_virtual_mac() {
         let mut ad = EthernetAdapter::new("10.77.0.0/16".parse().unwrap());
         let mut reply = Vec::new();
@@ -134,14 +165,38 @@ mod tests {
         assert_eq!(&reply[28..32], &[10, 77, 0, 9]);
         assert_eq!(&reply[38..42], &[10, 77, 0, 5]);
         assert_eq!(ad.guest_mac(), Some(GUEST));
-        assert_eq!(
-            ad.handle_frame(&arp_request([10, 78, 0, 9]), &mut reply),
-            FrameAction::Ignore
-        );
+        for outside in [
+            [10, 78, 0, 9],
+            [192, 168, 1, 1],
+            [10, 77, 255, 255],
+            [8, 8, 8, 8],
+        ] {
+            assert_eq!(
+                ad.handle_frame(&arp_request(outside), &mut reply),
+                FrameAction::Denied,
+                "{outside:?}"
+            );
+        }
         assert_eq!(
             ad.handle_frame(&arp_request([10, 77, 0, 5]), &mut reply),
             FrameAction::Ignore
         );
+    }
+
+    #[test]
+    fn address_probes_get_no_answer_and_other_protocols_are_denied() {
+        let mut ad = EthernetAdapter::new("10.77.0.0/16".parse().unwrap());
+        let mut probe = arp_request([10, 77, 0, 5]);
+        probe[28..32].copy_from_slice(&[0, 0, 0, 0]);
+        let mut reply = Vec::new();
+        assert_eq!(ad.handle_frame(&probe, &mut reply), FrameAction::Ignore);
+        for ethertype in [[0x86, 0xdd], [0x81, 0x00], [0x88, 0xcc]] {
+            let mut f = VIRTUAL_MAC.to_vec();
+            f.extend_from_slice(&GUEST);
+            f.extend_from_slice(&ethertype);
+            f.extend_from_slice(&[0x60; 40]);
+            assert_eq!(ad.handle_frame(&f, &mut reply), FrameAction::Denied);
+        }
     }
 
     #[test]

@@ -2,14 +2,19 @@
 //! isolation rules every packet passes before it is sent or delivered.
 //!
 //! Rules: a member sends only from its own assigned address, only to another
-//! member's address inside the subnet; broadcast, multicast, addresses outside
-//! the subnet, unknown members and non-IPv4 are dropped and counted per reason.
+//! member's address inside the subnet ([`EgressPolicy::SubnetOnly`]); the
+//! host's own address, its LAN, the internet, other buyers' subnets, IPv6,
+//! multicast and limited broadcast are refused as `egress_denied`; the rest
+//! (subnet broadcast, unknown members, malformed packets) are dropped and
+//! counted per reason.
 
 pub mod arp;
+pub mod egress;
 pub mod ipv4;
 pub mod mtu;
 
 use crate::keys::PeerId;
+pub use egress::EgressPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -115,7 +120,8 @@ impl std::fmt::Display for Subnet {
 pub enum DropReason {
     /// Not a well-formed IPv4 packet (IPv6 is not carried).
     NotIpv4,
-    /// Destination outside the buyer's subnet.
+    /// Inbound packet whose destination is outside the buyer's subnet
+    /// (outbound ones are [`DropReason::EgressDenied`]).
     OutsideSubnet,
     /// Broadcast or multicast destination.
     Broadcast,
@@ -141,10 +147,14 @@ pub enum DropReason {
     NoPath,
     /// Relay request while relaying is disabled or to an unknown member.
     RelayRefused,
+    /// The local side (guest or TUN) sent somewhere its [`EgressPolicy`]
+    /// forbids: outside the subnet, IPv6, multicast, limited broadcast, or
+    /// ARP for an address outside the subnet.
+    EgressDenied,
 }
 
 /// Number of [`DropReason`] variants.
-pub const DROP_REASONS: usize = 14;
+pub const DROP_REASONS: usize = 15;
 
 impl DropReason {
     /// All reasons, for reports.
@@ -163,6 +173,7 @@ impl DropReason {
         Self::TooBig,
         Self::NoPath,
         Self::RelayRefused,
+        Self::EgressDenied,
     ];
 }
 
@@ -274,15 +285,12 @@ impl Router {
         Ok(())
     }
 
-    /// Picks the member an outbound packet from our interface goes to.
+    /// Picks the member an outbound packet from our interface goes to,
+    /// enforcing [`EgressPolicy::SubnetOnly`] (see [`egress::classify`]).
     pub fn route_outbound(&self, packet: &[u8]) -> Result<PeerId, DropReason> {
-        let h = ipv4::Header::parse(packet).map_err(|_| DropReason::NotIpv4)?;
-        self.check_dst(h.dst)?;
-        if h.src != self.local {
-            return Err(DropReason::SpoofedSource);
-        }
+        let dst = egress::classify(self.subnet, self.local, packet)?;
         self.by_addr
-            .get(&h.dst)
+            .get(&dst)
             .copied()
             .ok_or(DropReason::UnknownDestination)
     }
@@ -381,11 +389,11 @@ mod tests {
         );
         assert_eq!(
             r.route_outbound(&udp_packet(me, ip("10.78.0.2"), 10)),
-            Err(DropReason::OutsideSubnet)
+            Err(DropReason::EgressDenied)
         );
         assert_eq!(
             r.route_outbound(&udp_packet(me, ip("8.8.8.8"), 10)),
-            Err(DropReason::OutsideSubnet)
+            Err(DropReason::EgressDenied)
         );
         assert_eq!(
             r.route_outbound(&udp_packet(me, ip("10.77.255.255"), 10)),
@@ -393,11 +401,11 @@ mod tests {
         );
         assert_eq!(
             r.route_outbound(&udp_packet(me, ip("255.255.255.255"), 10)),
-            Err(DropReason::Broadcast)
+            Err(DropReason::EgressDenied)
         );
         assert_eq!(
             r.route_outbound(&udp_packet(me, ip("224.0.0.1"), 10)),
-            Err(DropReason::Broadcast)
+            Err(DropReason::EgressDenied)
         );
         assert_eq!(
             r.route_outbound(&udp_packet(ip("10.77.0.9"), ip("10.77.0.2"), 10)),
@@ -407,7 +415,8 @@ mod tests {
             r.route_outbound(&udp_packet(me, ip("10.77.0.99"), 10)),
             Err(DropReason::UnknownDestination)
         );
-        assert_eq!(r.route_outbound(&[0x60; 40]), Err(DropReason::NotIpv4));
+        assert_eq!(r.route_outbound(&[0x60; 40]), Err(DropReason::EgressDenied));
+        assert_eq!(r.route_outbound(&[0x45; 10]), Err(DropReason::NotIpv4));
     }
 
     #[test]

@@ -8,12 +8,17 @@
 //! cores beat single-threaded userspace WireGuard.
 
 pub mod config;
+pub mod endpoints;
+pub mod frames;
 pub mod offload;
 pub mod tun;
 pub mod udp;
 
-use crate::node::{Node, Output, Outputs, TUN_HEADROOM};
+use crate::keys::PublicKey;
+use crate::node::{Node, NodeError, Output, Outputs, PeerConfig, TUN_HEADROOM};
+use crate::router::DropReason;
 use config::Config;
+use frames::{Frame, FrameLink};
 use std::io;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +48,21 @@ pub enum ShellError {
     Spawn(io::Error),
 }
 
+/// What a node's packets are delivered to on this host.
+pub enum Local {
+    /// A TUN interface (the buyer's host, or a test stand-in for a guest).
+    Tun(Tun),
+    /// A guest's virtio-net link: one Ethernet frame per seqpacket message.
+    Frames(FrameLink),
+    /// Nothing yet (a wasm lease has no NIC): the node still answers
+    /// handshakes and probes, and inbound packets are dropped.
+    Detached,
+}
+
 struct Shared {
     node: Mutex<Node>,
     sock: UdpSocket,
-    tun: Tun,
+    local: Local,
     stop: AtomicBool,
     /// UDP GSO in use; cleared if the kernel refuses it once.
     gso: AtomicBool,
@@ -86,30 +102,44 @@ impl Shared {
                 Output::Transmit { .. } => None,
             })
             .collect();
-        if self.tun.offload() && self.gro_writes.load(Ordering::Relaxed) {
+        let tun = match &self.local {
+            Local::Tun(t) => t,
+            Local::Frames(link) => {
+                let mut scratch = Vec::with_capacity(2048);
+                for p in &delivers {
+                    let _ = link.write_ip(p, &mut scratch);
+                }
+                out.clear();
+                return;
+            }
+            Local::Detached => {
+                out.clear();
+                return;
+            }
+        };
+        if tun.offload() && self.gro_writes.load(Ordering::Relaxed) {
             let mut merged = Vec::new();
             let mut i = 0;
             while i < delivers.len() {
                 let n = offload::coalesce(&delivers[i..], &mut merged);
                 let refused = n > 1
-                    && self
-                        .tun
+                    && tun
                         .write_raw(&merged)
                         .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL));
                 if refused {
                     // This kernel does not take GSO writes: stop trying.
                     self.gro_writes.store(false, Ordering::Relaxed);
                     for p in &delivers[i..i + n] {
-                        let _ = self.tun.write(p);
+                        let _ = tun.write(p);
                     }
                 } else if n == 1 {
-                    let _ = self.tun.write_raw(&merged);
+                    let _ = tun.write_raw(&merged);
                 }
                 i += n.max(1);
             }
         } else {
             for p in &delivers {
-                let _ = self.tun.write(p);
+                let _ = tun.write(p);
             }
         }
         out.clear();
@@ -129,9 +159,31 @@ pub struct Running {
 }
 
 impl Running {
-    /// The TUN interface name.
+    /// The TUN interface name (empty without a TUN).
     pub fn tun_name(&self) -> &str {
-        self.shared.tun.name()
+        match &self.shared.local {
+            Local::Tun(t) => t.name(),
+            _ => "",
+        }
+    }
+
+    /// Replaces the member list and relay with a new rendezvous view:
+    /// members not in `peers` are removed, the rest added or updated
+    /// (existing sessions survive new endpoints).
+    pub fn apply(&self, peers: &[PeerConfig], relay: Option<PublicKey>) -> Result<(), NodeError> {
+        let now = Instant::now();
+        let mut node = self.shared.lock();
+        let keep: Vec<_> = peers.iter().map(|p| p.public_key.peer_id()).collect();
+        for id in node.peer_ids() {
+            if !keep.contains(&id) {
+                node.remove_peer(&id);
+            }
+        }
+        node.set_relay(relay);
+        for p in peers {
+            node.add_peer(p.clone(), now)?;
+        }
+        Ok(())
     }
 
     /// The bound UDP address.
@@ -142,6 +194,21 @@ impl Running {
     /// Current status.
     pub fn status(&self) -> crate::node::NodeStatus {
         self.shared.lock().status(Instant::now())
+    }
+
+    /// Stops the threads and gives back the node and its socket, so the
+    /// node can go on (sessions intact) with another local side.
+    pub fn into_parts(mut self) -> (Node, UdpSocket) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let shared = self.shared.clone();
+        drop(self);
+        let shared = Arc::try_unwrap(shared)
+            .unwrap_or_else(|_| unreachable!("every thread holding the node has been joined"));
+        let node = shared.node.into_inner().unwrap_or_else(|p| p.into_inner());
+        (node, shared.sock)
     }
 
     /// Blocks until the threads end (they run until the process exits).
@@ -158,29 +225,54 @@ impl Drop for Running {
     }
 }
 
+/// Wall-clock time now, for [`crate::NodeConfig::unix_time`].
+pub fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Binds a UDP socket for a node (large buffers set).
+pub fn bind(addr: std::net::SocketAddr) -> Result<UdpSocket, ShellError> {
+    let sock = UdpSocket::bind(addr).map_err(|source| ShellError::Bind { addr, source })?;
+    set_buffers(&sock);
+    Ok(sock)
+}
+
 /// Builds the node from `cfg`, opens the TUN device and socket, and starts the threads.
 pub fn start(cfg: &Config) -> Result<Running, ShellError> {
     let now = Instant::now();
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let node_cfg = cfg.node_config(unix);
+    let node_cfg = cfg.node_config(unix_now());
     let mtu = node_cfg.mtu;
     let mut node = Node::new(node_cfg, now)?;
     for p in &cfg.peers {
         node.add_peer(p.clone(), now)?;
     }
     let tun = Tun::create(&cfg.tun, cfg.address, cfg.subnet.netmask(), mtu, cfg.gso)?;
-    let sock = UdpSocket::bind(cfg.listen).map_err(|source| ShellError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
-    set_buffers(&sock);
-    let gso = cfg.gso && udp::enable_gro(&sock);
+    let sock = bind(cfg.listen)?;
+    run(
+        node,
+        sock,
+        Local::Tun(tun),
+        cfg.gso,
+        cfg.status_file.clone(),
+    )
+}
+
+/// Starts the threads for a node, its bound socket and its local side.
+pub fn run(
+    node: Node,
+    sock: UdpSocket,
+    local: Local,
+    gso: bool,
+    status_file: Option<std::path::PathBuf>,
+) -> Result<Running, ShellError> {
+    let mtu = node.mtu();
+    let gso = gso && udp::enable_gro(&sock);
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         sock,
-        tun,
+        local,
         stop: AtomicBool::new(false),
         gso: AtomicBool::new(gso),
         gro_writes: AtomicBool::new(true),
@@ -193,11 +285,14 @@ pub fn start(cfg: &Config) -> Result<Running, ShellError> {
             .map_err(ShellError::Spawn)
     };
     let s = shared.clone();
-    threads.push(spawn("vnet-tun", Box::new(move || tun_loop(&s, mtu)))?);
+    match &shared.local {
+        Local::Tun(_) => threads.push(spawn("vnet-tun", Box::new(move || tun_loop(&s, mtu)))?),
+        Local::Frames(_) => threads.push(spawn("vnet-frames", Box::new(move || frames_loop(&s)))?),
+        Local::Detached => {}
+    }
     let s = shared.clone();
     threads.push(spawn("vnet-udp", Box::new(move || udp_loop(&s)))?);
     let s = shared.clone();
-    let status_file = cfg.status_file.clone();
     threads.push(spawn(
         "vnet-timer",
         Box::new(move || timer_loop(&s, status_file)),
@@ -227,6 +322,9 @@ fn set_buffers(sock: &UdpSocket) {
 }
 
 fn tun_loop(s: &Shared, mtu: usize) {
+    let Local::Tun(tun) = &s.local else {
+        return;
+    };
     let mut out = Outputs::new();
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(udp::BATCH);
     // Read a little more than the MTU so oversize packets are seen (and get ICMP).
@@ -234,15 +332,15 @@ fn tun_loop(s: &Shared, mtu: usize) {
     let mut big: Vec<u8> = Vec::with_capacity(offload::VNET_HDR_LEN + 65_536);
     let mut scratch = Vec::with_capacity(2048);
     while !s.stop.load(Ordering::Relaxed) {
-        match s.tun.wait_readable(200) {
+        match tun.wait_readable(200) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(_) => return,
         }
         while batch.len() < udp::BATCH {
-            if s.tun.offload() {
+            if tun.offload() {
                 big.clear();
-                if s.tun
+                if tun
                     .read_into(&mut big, offload::VNET_HDR_LEN + 65_536)
                     .is_err()
                 {
@@ -258,7 +356,7 @@ fn tun_loop(s: &Shared, mtu: usize) {
             }
             let mut buf = out.buffer();
             buf.resize(TUN_HEADROOM, 0);
-            match s.tun.read_into(&mut buf, max) {
+            match tun.read_into(&mut buf, max) {
                 Ok(_) => batch.push(buf),
                 Err(_) => break,
             }
@@ -270,6 +368,47 @@ fn tun_loop(s: &Shared, mtu: usize) {
         {
             let mut node = s.lock();
             for buf in batch.drain(..) {
+                node.handle_tun_buffer(now, buf, &mut out);
+            }
+            s.run_timers(&mut node, now, &mut out);
+        }
+        s.flush(&mut out);
+    }
+}
+
+/// Guest frames in, sealed datagrams out (one frame per message).
+fn frames_loop(s: &Shared) {
+    let Local::Frames(link) = &s.local else {
+        return;
+    };
+    let mut out = Outputs::new();
+    let mut scratch = Vec::with_capacity(frames::MAX_FRAME);
+    while !s.stop.load(Ordering::Relaxed) {
+        match link.wait_readable(200) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        let mut batch = Vec::new();
+        let mut denied = 0;
+        while batch.len() < udp::BATCH {
+            let mut buf = out.buffer();
+            buf.resize(TUN_HEADROOM, 0);
+            match link.read(&mut scratch, &mut buf) {
+                Ok(Frame::Ip) => batch.push(buf),
+                Ok(Frame::Handled) => {}
+                Ok(Frame::Denied) => denied += 1,
+                Ok(Frame::Closed) => return,
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut node = s.lock();
+            for _ in 0..denied {
+                node.count_drop(DropReason::EgressDenied);
+            }
+            for buf in batch {
                 node.handle_tun_buffer(now, buf, &mut out);
             }
             s.run_timers(&mut node, now, &mut out);
