@@ -10,7 +10,7 @@ repo=$(pwd)
 scripts/install-deps.sh
 echo "== building (first time: a few minutes)"
 cargo build --workspace --bins -q
-bin=$repo/target/debug
+bin=${CARGO_TARGET_DIR:-$repo/target}/debug
 work=$(mktemp -d /tmp/cpushare-demo.XXXXXX)
 pids=()
 cleanup() {
