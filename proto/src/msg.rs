@@ -133,7 +133,8 @@ impl SandboxKind {
 
 impl fmt::Display for SandboxKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so table columns (`{:<5}`) line up.
+        f.pad(self.as_str())
     }
 }
 
@@ -785,6 +786,14 @@ pub enum BrokerMsg {
 mod tests {
     use super::*;
     use crate::frame;
+
+    #[test]
+    fn sandbox_kinds_pad_in_tables() {
+        assert_eq!(
+            format!("{:<5}|{:>5}", SandboxKind::Vm, SandboxKind::Wasm),
+            "vm   | wasm"
+        );
+    }
 
     #[test]
     fn messages_round_trip_through_frames() {
