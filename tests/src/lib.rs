@@ -135,16 +135,19 @@ pub fn test_guest_iso(name: &str, cmdline: &str) -> PathBuf {
     iso
 }
 
-/// A child process killed on drop.
+/// A child process whose stdout lines arrive on a channel; killed on drop.
 pub struct Proc {
-    child: Child,
+    /// The process.
+    pub child: Child,
     /// Lines of stdout, as they come.
     pub lines: mpsc::Receiver<String>,
-    name: String,
+    /// What the test calls it.
+    pub name: String,
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command) -> Proc {
+    /// Spawns `cmd` with its stdout read line by line (stderr inherited).
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");

@@ -6,12 +6,11 @@
 use crate::bin;
 use cpushare_vnet::node::NodeStatus;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The broker's address, on the loopback of the lab's `inet` namespace.
@@ -38,42 +37,10 @@ pub fn sh(args: &[&str]) {
     );
 }
 
-/// A process whose stdout lines arrive on a channel; killed on drop.
-pub struct Proc {
-    /// The process.
-    pub child: Child,
-    /// Its stdout, line by line.
-    pub lines: mpsc::Receiver<String>,
-    /// What the test calls it.
-    pub name: String,
-}
+pub use crate::Proc;
 
-impl Proc {
-    /// Waits (90 s at most) for a stdout line containing `needle`.
-    pub fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("{} never printed `{needle}`", self.name),
-            }
-        }
-    }
-
-    /// SIGKILLs the process and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// How long a lab process may take to print what a test waits for.
+pub const LAB_WAIT: Duration = Duration::from_secs(90);
 
 /// The namespaces and processes of the test; torn down on drop.
 pub struct Lab {
@@ -193,23 +160,8 @@ impl Lab {
     }
 
     /// Spawns `cmd` (stdout read line by line); it is killed on drop.
-    pub fn spawn(&mut self, name: &str, mut cmd: Command) -> &Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        self.procs.push(Proc {
-            child,
-            lines: rx,
-            name: name.to_string(),
-        });
+    pub fn spawn(&mut self, name: &str, cmd: Command) -> &Proc {
+        self.procs.push(Proc::spawn(name, cmd));
         self.procs.last().expect("just pushed")
     }
 
@@ -278,8 +230,57 @@ impl Lab {
             "--heartbeat-secs",
             "1",
         ]);
-        self.spawn("broker", cmd).wait_for("listening on");
+        self.spawn("broker", cmd).wait_for("listening on", LAB_WAIT);
         LabBroker { data }
+    }
+}
+
+impl Lab {
+    /// Enrolls seller `name` with `broker` and runs it in `ns` with `run
+    /// ARGS...` (its vnet lease nodes on TUN stand-ins if `tun_standin`);
+    /// returns its home once it is offering.
+    pub fn seller(
+        &mut self,
+        broker: &LabBroker,
+        ns: &str,
+        name: &str,
+        tun_standin: bool,
+        run_args: &[&str],
+    ) -> PathBuf {
+        let home = self.home(name);
+        let t = broker.token(name, "seller");
+        run_ok(
+            Lab::cmd(ns, &bin("cpushare-seller"))
+                .arg("--home")
+                .arg(&home)
+                .args(["enroll", &t]),
+        );
+        let mut cmd = Lab::cmd(ns, Path::new("/usr/bin/env"));
+        if tun_standin {
+            cmd.arg("CPUSHARE_SELLER_VNET_TUN=1");
+        }
+        cmd.arg(bin("cpushare-seller"))
+            .arg("--home")
+            .arg(&home)
+            .arg("run")
+            .args(run_args);
+        self.spawn(name, cmd).wait_for("offering", LAB_WAIT);
+        home
+    }
+
+    /// Creates buyer `name` with 100 credits and logs it in from `ns`;
+    /// returns its home.
+    pub fn buyer(&self, broker: &LabBroker, ns: &str, name: &str) -> PathBuf {
+        let home = self.home(name);
+        let t = broker.token(name, "buyer");
+        broker.admin(&["credit", name, "100"]);
+        run_ok(
+            Lab::cmd(ns, &bin("cpushare"))
+                .arg("--home")
+                .arg(&home)
+                .args(["login", &t]),
+        );
+        home
     }
 }
 

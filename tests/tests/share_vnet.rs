@@ -177,22 +177,9 @@ fn a_vm_share_is_served_on_the_buyers_vnet_to_its_leases_only_and_survives_a_kil
     let token = |name: &str, role: &str| broker.token(name, role);
     let mut seller_idx = Vec::new();
     for (ns, name) in [(&s1, "s1"), (&s2, "s2")] {
-        let home = lab.home(name);
-        let t = token(name, "seller");
-        run_ok(
-            Lab::cmd(ns, &bin("cpushare-seller"))
-                .arg("--home")
-                .arg(&home)
-                .args(["enroll", &t]),
-        );
-        let mut cmd = Lab::cmd(ns, Path::new("/usr/bin/env"));
-        cmd.arg("CPUSHARE_SELLER_VNET_TUN=1")
-            .arg(bin("cpushare-seller"))
-            .arg("--home")
-            .arg(&home)
-            .args(["run", "--cpus", "1", "--mem", "2G", "--price", "0.001"])
-            .args(["--kinds", "vm", "--allow-software-kvm"]);
-        lab.spawn(name, cmd).wait_for("offering");
+        let run = ["--cpus", "1", "--mem", "2G", "--price", "0.001"];
+        let run = [&run[..], &["--kinds", "vm", "--allow-software-kvm"]].concat();
+        lab.seller(&broker, ns, name, true, &run);
         seller_idx.push((name, lab.procs.len() - 1, (*ns).clone()));
     }
     let alice = lab.home("alice");
@@ -219,8 +206,9 @@ fn a_vm_share_is_served_on_the_buyers_vnet_to_its_leases_only_and_survives_a_kil
 
     let mut cmd = cpushare();
     cmd.args(["--json", "net", "up"]);
-    let up: Value = serde_json::from_str(&lab.spawn("alice net up", cmd).wait_for("\"tun\""))
-        .expect("net up prints JSON");
+    let up: Value =
+        serde_json::from_str(&lab.spawn("alice net up", cmd).wait_for("\"tun\"", LAB_WAIT))
+            .expect("net up prints JSON");
     let host: Ipv4Addr = up["address"].as_str().expect("address").parse().unwrap();
 
     // The run, with its share directory in alice's home.

@@ -21,7 +21,6 @@ use cpushare_tests::netlab::*;
 use cpushare_tests::{bin, test_guest_iso, wasm_modules};
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 const BROKER: &str = "172.31.255.1";
 
@@ -46,54 +45,29 @@ fn a_vm_guest_answers_the_buyer_and_a_peer_on_another_seller_over_the_vnet() {
 
     let broker = lab.broker(&inet, BROKER);
     let admin = |args: &[&str]| broker.admin(args);
-    let token = |name: &str, role: &str| broker.token(name, role);
     // The VM seller (cheaper, so the VM order and the wasm order cannot
     // cross: each seller offers one kind) and the stand-in seller.
     for (ns, name, kinds, standin) in [
         (&nv, "vmseller", "vm", false),
         (&np, "peerseller", "wasm", true),
     ] {
-        let home = lab.home(name);
-        let t = token(name, "seller");
-        run_ok(
-            Lab::cmd(ns, &bin("cpushare-seller"))
-                .arg("--home")
-                .arg(&home)
-                .args(["enroll", &t]),
-        );
-        let mut cmd = Lab::cmd(ns, Path::new("/usr/bin/env"));
-        if standin {
-            cmd.arg("CPUSHARE_SELLER_VNET_TUN=1");
-        }
-        cmd.arg(bin("cpushare-seller"))
-            .arg("--home")
-            .arg(&home)
-            .args([
-                "run",
-                "--cpus",
-                "1",
-                "--mem",
-                "1G",
-                "--price",
-                "0.001",
-                "--kinds",
-                kinds,
-                "--allow-software-kvm",
-            ]);
-        lab.spawn(name, cmd).wait_for("offering");
+        let run = [
+            "--cpus",
+            "1",
+            "--mem",
+            "1G",
+            "--price",
+            "0.001",
+            "--kinds",
+            kinds,
+            "--allow-software-kvm",
+        ];
+        lab.seller(&broker, ns, name, standin, &run);
     }
-    let alice = lab.home("alice");
-    let t = token("alice", "buyer");
-    admin(&["credit", "alice", "100"]);
-    run_ok(
-        Lab::cmd(&na, &bin("cpushare"))
-            .arg("--home")
-            .arg(&alice)
-            .args(["login", &t]),
-    );
+    let alice = lab.buyer(&broker, &na, "alice");
     let mut cmd = Lab::cmd(&na, &bin("cpushare"));
     cmd.arg("--home").arg(&alice).args(["--json", "net", "up"]);
-    lab.spawn("alice net up", cmd).wait_for("\"tun\"");
+    lab.spawn("alice net up", cmd).wait_for("\"tun\"", LAB_WAIT);
 
     // The peer's lease first (a TUN stand-in on the other seller), then the VM.
     let mut cmd = Lab::cmd(&na, &bin("cpushare"));

@@ -62,47 +62,20 @@ fn a_buyers_vnet_crosses_nats_relays_only_the_hard_pair_and_keeps_strangers_out(
 
     // Broker, accounts, sellers.
     let broker = lab.broker(&inet, BROKER_IP);
-    let admin = |args: &[&str]| broker.admin(args);
-    let token = |name: &str, role: &str| broker.token(name, role);
     let mut seller_homes = Vec::new();
     for (ns, name) in [(&se, "easy"), (&sh_, "hard"), (&sn, "open")] {
-        let home = lab.home(name);
-        let t = token(name, "seller");
-        run_ok(
-            Lab::cmd(ns, &bin("cpushare-seller"))
-                .arg("--home")
-                .arg(&home)
-                .args(["enroll", &t]),
-        );
-        let mut cmd = Lab::cmd(ns, Path::new("/usr/bin/env"));
-        cmd.arg("CPUSHARE_SELLER_VNET_TUN=1")
-            .arg(bin("cpushare-seller"))
-            .arg("--home")
-            .arg(&home)
-            .args(["run", "--cpus", "1", "--mem", "2G", "--price", "0.001"]);
-        lab.spawn(name, cmd).wait_for("offering");
-        seller_homes.push(home);
+        let run = ["--cpus", "1", "--mem", "2G", "--price", "0.001"];
+        seller_homes.push(lab.seller(&broker, ns, name, true, &run));
     }
-    let buyer = |lab: &Lab, ns: &str, name: &str| {
-        let home = lab.home(name);
-        let t = token(name, "buyer");
-        admin(&["credit", name, "100"]);
-        run_ok(
-            Lab::cmd(ns, &bin("cpushare"))
-                .arg("--home")
-                .arg(&home)
-                .args(["login", &t]),
-        );
-        home
-    };
-    let alice = buyer(&lab, &na, "alice");
-    let mallory = buyer(&lab, &nm, "mallory");
+    let alice = lab.buyer(&broker, &na, "alice");
+    let mallory = lab.buyer(&broker, &nm, "mallory");
 
     // Alice's host joins her network, then her leases start on all three sellers.
     let mut cmd = Lab::cmd(&na, &bin("cpushare"));
     cmd.arg("--home").arg(&alice).args(["--json", "net", "up"]);
-    let up: Value = serde_json::from_str(&lab.spawn("alice net up", cmd).wait_for("\"tun\""))
-        .expect("net up prints JSON");
+    let up: Value =
+        serde_json::from_str(&lab.spawn("alice net up", cmd).wait_for("\"tun\"", LAB_WAIT))
+            .expect("net up prints JSON");
     let alice_addr: Ipv4Addr = up["address"].as_str().expect("address").parse().unwrap();
     let mut cmd = Lab::cmd(&na, &bin("cpushare"));
     cmd.arg("--home").arg(&alice).args([
@@ -233,7 +206,8 @@ fn a_buyers_vnet_crosses_nats_relays_only_the_hard_pair_and_keeps_strangers_out(
     // Another buyer: its own subnet, no peers, no route into alice's.
     let mut cmd = Lab::cmd(&nm, &bin("cpushare"));
     cmd.arg("--home").arg(&mallory).args(["net", "up"]);
-    lab.spawn("mallory net up", cmd).wait_for("vnet up");
+    lab.spawn("mallory net up", cmd)
+        .wait_for("vnet up", LAB_WAIT);
     let mst = net_status(&mallory).expect("mallory's status");
     assert_ne!(mst["subnet"], st["subnet"], "one subnet per buyer");
     assert_eq!(mst["peers"].as_array().map(Vec::len), Some(0), "{mst}");
@@ -366,7 +340,7 @@ fn a_buyers_vnet_crosses_nats_relays_only_the_hard_pair_and_keeps_strangers_out(
     // SAFETY: kill on the pid of a child we spawned and have not reaped.
     let rc = unsafe { libc::kill(lab.procs[m].child.id() as i32, libc::SIGINT) };
     assert_eq!(rc, 0);
-    lab.procs[m].wait_for("vnet down");
+    lab.procs[m].wait_for("vnet down", LAB_WAIT);
     eventually(10, "mallory's TUN removed", || {
         let out = Command::new("ip")
             .args(["-n", &nm, "link", "show", "cpushare0"])
