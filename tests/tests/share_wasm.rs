@@ -190,3 +190,37 @@ fn a_job_rerun_after_its_seller_is_killed_places_its_outputs_once() {
     assert_eq!(broker.balance("user:b"), 1_000_000 - 2000);
     broker.ledger();
 }
+
+#[test]
+fn a_guest_that_swaps_its_share_for_a_host_symlink_ships_nothing() {
+    // The guest owns its scratch directory: it moves the seller's share
+    // layout away and leaves a symlink to the host's /etc where its
+    // writable share was. The seller must not pack what that points at.
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _s = Seller::start(&broker, "s", 1, "0.001");
+    let buyer = Buyer::login(&broker, "b", "1");
+    let base = tempfile::tempdir().unwrap();
+    let out = base.path().join("out");
+    let module = wasm.join("sharejack.wasm");
+    let run = buyer.run(&[
+        "run",
+        module.to_str().unwrap(),
+        "--share",
+        &share(&out, "/out", true),
+    ]);
+    assert!(
+        stdout(&run).contains("share layout swapped"),
+        "{}{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(!run.status.success(), "the run must fail: {}", stderr(&run));
+    assert!(stderr(&run).contains("tampered"), "{}", stderr(&run));
+    assert!(
+        !out.exists() || names(&out).is_empty(),
+        "nothing may be placed: {:?}",
+        names(&out)
+    );
+    broker.ledger();
+}

@@ -84,6 +84,9 @@ pub enum NoRenewal {
     },
     /// The extension's cost does not fit in the money type.
     Overflow,
+    /// Its paid minutes ran out before it was renewed (ticks ran late):
+    /// extending now would bill minutes the guest may not have had.
+    Lapsed,
 }
 
 /// What to do with one running lease now.
@@ -121,6 +124,9 @@ pub fn decide(
     let end_ms = started + u64::from(lease.paid_minutes) * MS_PER_MINUTE;
     if now_ms.saturating_add(RENEW_AHEAD_MS) < end_ms {
         return Renewal::NotYet;
+    }
+    if now_ms >= end_ms {
+        return Renewal::End(NoRenewal::Lapsed);
     }
     if allow.max_total_minutes <= lease.first_minutes {
         return Renewal::End(NoRenewal::NotAllowed);
@@ -189,6 +195,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_lease_past_its_paid_end_is_not_extended() {
+        let l = lease();
+        let end = START + u64::from(l.paid_minutes) * MS_PER_MINUTE;
+        for now in [end, end + 1, end + 10 * MS_PER_MINUTE] {
+            assert_eq!(
+                decide(&l, &seller(), &allow(60), Micros(1 << 40), now),
+                Renewal::End(NoRenewal::Lapsed)
+            );
+        }
+        assert!(matches!(
+            decide(&l, &seller(), &allow(60), Micros(1 << 40), end - 1),
+            Renewal::Extend { .. }
+        ));
+    }
+
     /// `ms` before the paid minutes of `l` run out.
     fn before_end(l: &LeaseState, ms: u64) -> u64 {
         START + u64::from(l.paid_minutes) * MS_PER_MINUTE - ms
@@ -253,7 +275,7 @@ mod tests {
             &short,
             &allow(20),
             Micros(1_000_000),
-            before_end(&lease(), 0),
+            before_end(&lease(), 1),
         ) {
             Renewal::Extend { minutes: 3, .. } => {}
             other => panic!("{other:?}"),
@@ -268,7 +290,7 @@ mod tests {
                 &seller(),
                 &allow(20),
                 Micros(1_000_000),
-                before_end(&used, 0)
+                before_end(&used, 1)
             ),
             Renewal::End(NoRenewal::AllowanceUsed)
         );
@@ -277,7 +299,7 @@ mod tests {
     #[test]
     fn each_reason_not_to_renew_is_named() {
         let l = lease();
-        let now = before_end(&l, 0);
+        let now = before_end(&l, 1);
         let rich = Micros(1_000_000);
         assert_eq!(
             decide(&l, &seller(), &allow(5), rich, now),
@@ -333,7 +355,7 @@ mod tests {
             ..seller()
         };
         assert_eq!(
-            decide(&huge, &pricey, &rich_allow, rich, before_end(&huge, 0)),
+            decide(&huge, &pricey, &rich_allow, rich, before_end(&huge, 1)),
             Renewal::End(NoRenewal::Overflow)
         );
     }

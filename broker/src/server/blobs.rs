@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// How long an upload may go without sending its next chunk.
+const CHUNK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Per-id turn-taking for uploads.
 type UploadTurns = Arc<Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>>;
 
@@ -117,11 +120,23 @@ impl Blobs {
             .map_err(io)?;
         let mut got = offset;
         while got < len {
-            let chunk = match frame::read::<Request, _>(recv).await {
-                Ok(Some(Request::Data(d))) => d,
-                Ok(Some(_)) => return Err(refuse(ErrorCode::BadRequest, "expected image data")),
-                Ok(None) => break,
-                Err(e) => {
+            // An uploader holds the id's turn: one that stalls must not
+            // keep every other buyer of the same image waiting.
+            let next = tokio::time::timeout(CHUNK_WAIT, frame::read::<Request, _>(recv)).await;
+            let chunk = match next {
+                Ok(Ok(Some(Request::Data(d)))) => d,
+                Ok(Ok(Some(_))) => {
+                    return Err(refuse(ErrorCode::BadRequest, "expected image data"))
+                }
+                Ok(Ok(None)) => break,
+                Err(_) => {
+                    file.flush().await.map_err(io)?;
+                    return Err(refuse(
+                        ErrorCode::BadRequest,
+                        format!("upload stalled for {CHUNK_WAIT:?}; resume it"),
+                    ));
+                }
+                Ok(Err(e)) => {
                     // Keep what arrived: the buyer resumes from here.
                     file.flush().await.map_err(io)?;
                     return Err(refuse(

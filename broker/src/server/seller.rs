@@ -104,7 +104,11 @@ pub(super) async fn session(
                 key,
                 endpoints,
             } => {
-                let buyer = lock(&assigned).get(&lease).cloned();
+                // Only a lease this session runs, and the market still holds.
+                let buyer = lock(&assigned)
+                    .get(&lease)
+                    .filter(|_| m.lease_order(&lease).is_some())
+                    .cloned();
                 match buyer {
                     Some(buyer) => {
                         let joined = shared.vnet_hub().join(
@@ -128,6 +132,27 @@ pub(super) async fn session(
         };
         if let Err(e) = result {
             tracing::error!(seller = %peer.name, "market error in seller session: {e}");
+        }
+        // A lease the market ended without this seller saying so (an
+        // overrun, a stop, a lost session it replaced) leaves its buyer's
+        // network now, at the latest on the next heartbeat: its node must
+        // not keep the buyer's keys, nor a place on the share allow list.
+        let ended: Vec<(String, String)> = {
+            let mut assigned = lock(&assigned);
+            let ended: Vec<(String, String)> = assigned
+                .iter()
+                .filter(|(lease, _)| m.lease_order(lease).is_none())
+                .map(|(l, b)| (l.clone(), b.clone()))
+                .collect();
+            for (lease, _) in &ended {
+                assigned.remove(lease);
+            }
+            ended
+        };
+        for (lease, buyer) in ended {
+            shared
+                .vnet_hub()
+                .leave(&buyer, MemberId::Lease(lease), &vnet_sink);
         }
     }
     let left: Vec<(String, String)> = lock(&assigned).drain().collect();

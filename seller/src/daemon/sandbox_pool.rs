@@ -167,26 +167,11 @@ impl SandboxPool {
         let uid = supervisor::next_uid();
         let scratch = inner.scratch_root.join(&name);
         make_scratch(&scratch, uid).map_err(|e| format!("scratch space: {e}"))?;
-        let cgroup = LeaseCgroup::create(
-            &inner.jail.cgroups,
-            &name,
-            CgroupLimits {
-                guest_memory_bytes: IDLE_MEMORY_BYTES,
-                cpus: 1,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let spec = SpawnSpec {
-            exe: inner.jail.exe.clone(),
-            jail_root: inner.jail.root.clone(),
-            scratch: scratch.clone(),
-            uid,
-            max_memory_bytes: inner.max_memory_bytes,
-            jail: true,
-            seccomp: true,
-            env: attack_env(),
-        };
-        let mut sandbox = Sandbox::spawn(&spec, Some(cgroup)).map_err(|e| e.to_string())?;
+        let started = self.spawn_confined(&name, uid, &scratch);
+        if started.is_err() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        let mut sandbox = started?;
         let ready = tokio::time::timeout(READY_TIMEOUT, sandbox.next()).await;
         let pooled = Pooled {
             sandbox,
@@ -201,6 +186,31 @@ impl SandboxPool {
                 Err(why)
             }
         }
+    }
+
+    /// Starts one sandbox in a cgroup of its own with idle limits.
+    fn spawn_confined(&self, name: &str, uid: u32, scratch: &Path) -> Result<Sandbox, String> {
+        let inner = &self.inner;
+        let cgroup = LeaseCgroup::create(
+            &inner.jail.cgroups,
+            name,
+            CgroupLimits {
+                guest_memory_bytes: IDLE_MEMORY_BYTES,
+                cpus: 1,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let spec = SpawnSpec {
+            exe: inner.jail.exe.clone(),
+            jail_root: inner.jail.root.clone(),
+            scratch: scratch.to_path_buf(),
+            uid,
+            max_memory_bytes: inner.max_memory_bytes,
+            jail: true,
+            seccomp: true,
+            env: attack_env(),
+        };
+        Sandbox::spawn(&spec, Some(cgroup)).map_err(|e| e.to_string())
     }
 }
 

@@ -68,6 +68,19 @@ pub(super) async fn ship(ctx: &Ctx, spec: &LeaseSpec, scratch: &Path) -> Result<
     if !spec.job.shares.iter().any(|s| s.writable) {
         return Ok(());
     }
+    // The guest owns the scratch directory, so it may have renamed the
+    // daemon's `.shares` away and put a symlink (to /etc/ssh, say) where a
+    // writable share was: the daemon, root and outside the jail, would
+    // then pack host files. The sandbox is reaped, so nothing changes
+    // them after this check: `.shares` must still be the daemon's own real
+    // directory, and each writable share a real directory in it.
+    let top = scratch.join(SHARES_DIR);
+    // SAFETY: geteuid cannot fail.
+    let daemon = unsafe { libc::geteuid() };
+    real_dir(&top, Some(daemon))?;
+    for share in spec.job.shares.iter().filter(|s| s.writable) {
+        real_dir(&share_dir(scratch, &share.guest, true), None)?;
+    }
     let scratch = scratch.to_path_buf();
     let shares = spec.job.shares.clone();
     let packed = tokio::task::spawn_blocking(move || {
@@ -91,4 +104,51 @@ pub(super) async fn ship(ctx: &Ctx, spec: &LeaseSpec, scratch: &Path) -> Result<
             .map_err(|_| "the broker session ended before the outputs were sent".to_string())?;
     }
     Ok(())
+}
+
+/// Checks that `path` is a directory itself (not a symlink to one), owned
+/// by `owner` when given.
+fn real_dir(path: &Path, owner: Option<u32>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |why: &str| {
+        format!(
+            "the job's outputs are not shipped: {} {why} (the guest tampered with its share layout)",
+            path.display()
+        )
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|e| refused(&e.to_string()))?;
+    if !meta.file_type().is_dir() {
+        return Err(refused("is not a directory"));
+    }
+    if owner.is_some_and(|o| meta.uid() != o) {
+        return Err(refused("is not the seller's own"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_or_foreign_share_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        assert!(real_dir(&real, Some(me)).is_ok());
+        assert!(real_dir(&real, Some(me + 1))
+            .unwrap_err()
+            .contains("not the seller's own"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(real_dir(&link, None)
+            .unwrap_err()
+            .contains("not a directory"));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(real_dir(&file, None).is_err());
+        assert!(real_dir(&dir.path().join("missing"), None).is_err());
+    }
 }

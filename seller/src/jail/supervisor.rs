@@ -260,11 +260,14 @@ const MAX_LINE: usize = 4096;
 
 /// Passes a sandbox's diagnostics on to the daemon's log and returns the
 /// syscall number of its SIGSYS record, if it wrote one.
-async fn read_stderr(stderr: tokio::process::ChildStderr, pid: u32) -> Option<i64> {
+async fn read_stderr<R: tokio::io::AsyncRead + Unpin>(stderr: R, pid: u32) -> Option<i64> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
     let mut syscall = None;
+    // Inside an over-long line: its tail is dropped, never read as a line
+    // of its own (so it cannot pass for a record).
+    let mut skipping = false;
     loop {
         line.clear();
         match (&mut reader)
@@ -275,13 +278,38 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, pid: u32) -> Option<i6
             Ok(0) | Err(_) => return syscall,
             Ok(_) => {}
         }
+        let complete = line.ends_with(b"\n");
+        let was_skipping = std::mem::replace(&mut skipping, !complete);
+        if was_skipping {
+            continue;
+        }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         if text.is_empty() {
             continue;
         }
-        match sigsys::parse_record(text) {
+        match sigsys::parse_record(text).filter(|_| complete) {
             Some(nr) => syscall = nr,
             None => tracing::warn!(sandbox = pid, "{}", String::from_utf8_lossy(text)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_record_counts_only_as_a_whole_line_of_its_own() {
+        let record = b"cpushare-sigsys 41\n";
+        assert_eq!(read_stderr(&record[..], 1).await, Some(41));
+        let mut mixed = b"cpushare sandbox: some diagnostic\n".to_vec();
+        mixed.extend_from_slice(b"\ncpushare-sigsys 101\n");
+        assert_eq!(read_stderr(&mixed[..], 1).await, Some(101));
+        // The tail of an over-long line is not a line of its own.
+        let mut long = vec![b'x'; MAX_LINE];
+        long.extend_from_slice(record);
+        assert_eq!(read_stderr(&long[..], 1).await, None);
+        // Cut off before its newline: not a record either.
+        assert_eq!(read_stderr(&b"cpushare-sigsys 41"[..], 1).await, None);
     }
 }

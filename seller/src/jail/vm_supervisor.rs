@@ -22,8 +22,11 @@ use tokio::sync::mpsc;
 pub const VMM_OVERHEAD_BYTES: u64 = super::cgroup::OVERHEAD_BYTES;
 
 /// How long a stopped VM may take to end by itself before SIGKILL (its
-/// vCPUs are kicked out of the guest at once; this is for the join).
-const STOP_GRACE: Duration = Duration::from_millis(500);
+/// vCPUs are kicked out of the guest at once; this is for the join and
+/// the report). Generous: the sandbox runs at SCHED_IDLE, so while the
+/// owner's machine is busy it may wait a long moment for a CPU, and a VM
+/// that ends by itself reports how it ended.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Beyond the wall clock, a sandbox that did not stop is killed.
 const WATCHDOG_SLACK: Duration = Duration::from_secs(10);
