@@ -461,6 +461,16 @@ async fn follow_events(
             } => {
                 eprintln!("cpushare: renewed lease {lease} to {minutes} minutes (cost so far {cost} credits)");
             }
+            Response::LeaseNotRenewed {
+                lease,
+                minutes,
+                reason,
+            } => {
+                eprintln!(
+                    "cpushare: lease {lease} will not be renewed: {reason}. \
+                     It ends when its paid time ({minutes} min) runs out."
+                );
+            }
             Response::Outputs { lease, data } => {
                 if let Err(e) = outputs.chunk(&lease, &data) {
                     eprintln!("cpushare: {e}");

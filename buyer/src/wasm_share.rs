@@ -3,7 +3,8 @@
 //! (sellers fetch and cache it); a writable one comes back from the
 //! seller as a bundle when the job exits with 0, and is placed into the
 //! buyer's directory at once (unpacked into a temporary directory beside
-//! it, then renamed), at most once however many times the work is placed.
+//! it, on its filesystem, then renamed), at most once however many times
+//! the work is placed.
 
 use anyhow::{bail, Context};
 use cpushare_proto::bundle::{self, MAX_BUNDLE};
@@ -183,35 +184,98 @@ impl Outputs {
     }
 }
 
-/// Unpacks `bytes` beside the first target, checks every share's part is
-/// there, then renames each into place.
+/// Unpacks each share's part of `bytes` into a staging directory beside
+/// that share's own target (so on its filesystem: the final rename never
+/// crosses devices and is atomic), then renames each into place. Nothing
+/// is placed unless every part is there and staged.
 fn place(bytes: &[u8], targets: &[(usize, PathBuf)]) -> Result<(), String> {
-    let Some((_, first)) = targets.first() else {
-        return Ok(());
+    let entries = bundle::parse(bytes, MAX_OUTPUTS).map_err(|e| format!("the outputs: {e}"))?;
+    for (i, _) in targets {
+        let top = i.to_string();
+        if !entries
+            .iter()
+            .any(|e| matches!(e, bundle::Entry::Dir { path } if *path == top))
+        {
+            return Err(format!("the outputs lack share {i}"));
+        }
+    }
+    let mut staged: Vec<(PathBuf, PathBuf, &Path)> = Vec::new();
+    let mut result = Ok(());
+    for (i, host) in targets {
+        match stage(bytes, &entries, *i, host) {
+            Ok(dir) => staged.push((dir.join(i.to_string()), dir, host)),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = staged
+            .iter()
+            .try_for_each(|(part, _, host)| rename_into_place(part, host));
+    }
+    match result {
+        Ok(()) => {
+            for (_, dir, _) in &staged {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Ok(())
+        }
+        Err(e) if staged.is_empty() => Err(e),
+        Err(e) => {
+            let dirs: Vec<String> = staged
+                .iter()
+                .map(|(_, d, _)| d.display().to_string())
+                .collect();
+            Err(format!("{e} (what arrived is in {})", dirs.join(", ")))
+        }
+    }
+}
+
+/// Unpacks share `i`'s entries (`i/...`) of the outputs (`bytes`, parsed
+/// as `entries`) into a new directory beside `host`; returns that
+/// directory, which then holds `i`.
+fn stage(
+    bytes: &[u8],
+    entries: &[bundle::Entry<'_>],
+    i: usize,
+    host: &Path,
+) -> Result<PathBuf, String> {
+    let top = i.to_string();
+    let mine = |p: &str| {
+        p == top
+            || p.strip_prefix(top.as_str())
+                .is_some_and(|r| r.starts_with('/'))
     };
-    let parent = match first.parent() {
+    // The usual case, one writable share: the outputs are all its own and
+    // are unpacked as they came, without a second copy in memory.
+    let part = if entries.iter().all(|e| mine(e.path())) {
+        None
+    } else {
+        let mut part = bundle::Packer::new(MAX_OUTPUTS);
+        for e in entries.iter().filter(|e| mine(e.path())) {
+            match e {
+                bundle::Entry::Dir { path } => part.dir(path),
+                bundle::Entry::File { path, data } => part.file(path, data),
+            }
+            .map_err(|e| format!("the outputs of share {i}: {e}"))?;
+        }
+        Some(part.finish())
+    };
+    let parent = match host.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = parent.join(format!(".cpushare-outputs-{}", std::process::id()));
-    std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let unpacked =
-        bundle::extract(bytes, &tmp, MAX_OUTPUTS).map_err(|e| format!("the outputs: {e}"));
-    let placed = unpacked.and_then(|()| {
-        for (i, _) in targets {
-            if !tmp.join(i.to_string()).is_dir() {
-                return Err(format!("the outputs lack share {i}"));
-            }
-        }
-        for (i, host) in targets {
-            rename_into_place(&tmp.join(i.to_string()), host)?;
-        }
-        Ok(())
-    });
-    if placed.is_ok() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    placed.map_err(|e| format!("{e} (what arrived is in {})", tmp.display()))
+    let dir = parent.join(format!(".cpushare-outputs-{}-{i}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    bundle::extract(part.as_deref().unwrap_or(bytes), &dir, MAX_OUTPUTS).map_err(|e| {
+        format!(
+            "the outputs of share {i}: {e} (what arrived is in {})",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
 }
 
 /// Renames `from` onto `to`, which must be absent or an empty directory
@@ -277,5 +341,74 @@ mod tests {
             .contains("already placed"));
         let leftovers: Vec<_> = std::fs::read_dir(base.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary directory is left behind");
+    }
+
+    /// A tmpfs mounted on a fresh directory (another filesystem than the
+    /// test's other directories), unmounted on drop even when the test fails.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount() -> Tmpfs {
+            let dir = tempfile::tempdir().unwrap();
+            let st = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .expect("run mount");
+            assert!(st.success(), "mounting a tmpfs needs root (CI has it)");
+            Tmpfs(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn outputs_for_directories_on_two_filesystems_are_each_staged_beside_their_own() {
+        use std::os::unix::fs::MetadataExt;
+        let disk = tempfile::tempdir().unwrap();
+        let other = Tmpfs::mount();
+        assert_ne!(
+            std::fs::metadata(disk.path()).unwrap().dev(),
+            std::fs::metadata(other.0.path()).unwrap().dev(),
+            "the two targets must be on different filesystems"
+        );
+        let src = tempfile::tempdir().unwrap();
+        for (i, text) in [(0, "on disk"), (1, "on tmpfs")] {
+            std::fs::create_dir_all(src.path().join(format!("{i}/sub"))).unwrap();
+            std::fs::write(src.path().join(format!("{i}/sub/r")), text).unwrap();
+        }
+        let b = bundle::pack(src.path(), MAX_OUTPUTS).unwrap();
+        let (a, z) = (disk.path().join("a"), other.0.path().join("z"));
+        let shares = [
+            ShareArg {
+                host: a.clone(),
+                guest: "/a".into(),
+                writable: true,
+            },
+            ShareArg {
+                host: z.clone(),
+                guest: "/z".into(),
+                writable: true,
+            },
+        ];
+        let mut o = Outputs::new(&shares);
+        o.chunk("K-1", &b).unwrap();
+        o.lease_ended("K-1", true).unwrap();
+        assert_eq!(std::fs::read(a.join("sub/r")).unwrap(), b"on disk");
+        assert_eq!(std::fs::read(z.join("sub/r")).unwrap(), b"on tmpfs");
+        for (dir, want) in [(disk.path(), "a"), (other.0.path(), "z")] {
+            let names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, [want], "no staging directory is left behind");
+        }
     }
 }

@@ -437,6 +437,32 @@ fn client_from_an_address_not_allowed_is_refused() {
     assert!(libnfs::Nfs::mount(&f.url_at(&ns.host_ip, "/src")).is_err());
 }
 
+#[test]
+fn connections_of_a_client_taken_off_the_allow_list_are_closed_at_once() {
+    let f = Fixture::start("127.0.0.1:0", AllowList::loopback());
+    let server = f.server.as_ref().unwrap();
+    let mut c = RawClient::connect(f.addr());
+    let root = c.mount("/src").unwrap();
+    assert_eq!(c.nfs(1, &opaque(&root)).0, 0, "served while allowed");
+    // Control: a refresh that keeps the client keeps its connection.
+    server.set_allowed(AllowList::loopback());
+    assert_eq!(c.nfs(1, &opaque(&root)).0, 0, "served while still allowed");
+    // Its lease ended: the list no longer has it. The connection it
+    // already holds ends now, not when the client lets it go. (The read
+    // timeout of 10 s only bounds a failing run.)
+    server.set_allowed(AllowList::default());
+    let mut buf = [0u8; 4];
+    match c.s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the removed client's connection is still open: {other:?}"),
+    }
+    // And it cannot come back on a new one.
+    let mut s = TcpStream::connect(f.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+}
+
 // ---- a minimal raw ONC RPC client, for what libnfs will not send ----
 
 struct RawClient {

@@ -8,8 +8,11 @@
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+/// The protocol version this build speaks. Messages are postcard, which
+/// is not self-describing: any change to a message's shape (a new variant
+/// or field) bumps this, so an older peer is refused with a clear error
+/// instead of misreading the bytes. 2: renewals, vnet, follow, refusals.
+pub const VERSION: u8 = 2;
 
 /// Largest payload accepted in one frame (4 MiB): a module chunk is 1 MiB,
 /// and every other message is far smaller.

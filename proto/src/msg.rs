@@ -685,6 +685,16 @@ pub enum Response {
         #[serde(with = "crate::bytes")]
         data: Vec<u8>,
     },
+    /// The broker will not renew a running lease (the buyer asked for
+    /// renewals with `--renew-up-to`): it ends when its paid minutes run out.
+    LeaseNotRenewed {
+        /// Lease id.
+        lease: String,
+        /// Minutes it is paid for in all, and ends at.
+        minutes: u32,
+        /// Why, in words for the buyer (balance, price, seller gone).
+        reason: String,
+    },
 }
 
 /// What a seller sends in its session.

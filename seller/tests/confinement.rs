@@ -5,23 +5,19 @@
 //! and say what is missing (`cpushare-seller doctor` tells more).
 
 mod guest_modules;
+mod support;
 
 use cpushare_proto::id::ContentId;
 use cpushare_proto::msg::{LeaseEnd, StdStream};
 use cpushare_proto::sandbox::{FromSandbox, SandboxJob};
-use cpushare_seller::jail::cgroup::{
-    CgroupLimits, Hierarchy, LeaseCgroup, MAX_TASKS, OVERHEAD_BYTES,
-};
-use cpushare_seller::jail::supervisor::{self, Sandbox, SpawnSpec};
+use cpushare_seller::jail::cgroup::{CgroupLimits, MAX_TASKS, OVERHEAD_BYTES};
+use cpushare_seller::jail::supervisor::{self, Sandbox};
 use cpushare_seller::jail::verdict;
-use cpushare_seller::wasm::{RuntimeConfig, WasmRuntime};
-use std::os::unix::fs::PermissionsExt;
+use cpushare_seller::wasm::WasmRuntime;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-const MIB: u64 = 1 << 20;
+use support::{status_field, TestHost, TestLease, MIB};
 
 /// What a finished sandbox produced.
 struct Run {
@@ -30,48 +26,20 @@ struct Run {
     stderr: String,
 }
 
-/// The daemon's side, as a test sees it: a home, a compiling runtime, cgroups.
+/// The daemon's side, as a test sees it: a home and cgroups, and a
+/// compiling runtime.
 struct Host {
-    home: tempfile::TempDir,
+    host: TestHost,
     runtime: WasmRuntime,
-    cgroups: Hierarchy,
 }
 
 fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "confinement tests must run as root (CI does); see `cpushare-seller doctor`"
-        );
-        let home = tempfile::tempdir().unwrap();
-        std::fs::create_dir(home.path().join("jail")).unwrap();
-        std::fs::create_dir(home.path().join("scratch")).unwrap();
-        let runtime = WasmRuntime::new(RuntimeConfig {
-            compiled_cache_dir: home.path().join("compiled"),
-            max_instances: 4,
-            max_memory_bytes: 1 << 30,
-        })
-        .unwrap();
-        let cgroups =
-            Hierarchy::detect().expect("this host must offer cgroup v2 or v1 controllers");
-        Host {
-            home,
-            runtime,
-            cgroups,
-        }
+        let host = TestHost::new("confinement", "test");
+        let runtime = support::wasm_runtime(host.home(), 4, 1 << 30);
+        Host { host, runtime }
     })
-}
-
-fn lease_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// A sandbox for `module` with `mem_mib` of guest memory, started and
@@ -82,36 +50,14 @@ async fn start(module: &str, args: &[&str], mem_mib: u64, attack: Option<&str>) 
     let id = ContentId::of(&wasm).hex();
     let loaded = h.runtime.load(&id, &wasm).unwrap();
     let compiled = h.runtime.compiled_bytes(&loaded).unwrap();
-    let name = lease_name();
-    let uid = supervisor::next_uid();
-    let scratch = h.home.path().join("scratch").join(&name);
-    std::fs::create_dir(&scratch).unwrap();
-    std::os::unix::fs::chown(&scratch, Some(uid), Some(uid)).unwrap();
-    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let cgroup = LeaseCgroup::create(
-        &h.cgroups,
-        &name,
+    let TestLease { cgroup, spec, .. } = h.host.lease(
         CgroupLimits {
             guest_memory_bytes: mem_mib * MIB,
             cpus: 1,
         },
-    )
-    .unwrap();
-    let spec = SpawnSpec {
-        // CPUSHARE_TEST_SANDBOX_EXE wraps the sandbox (e.g. in strace) when debugging.
-        exe: std::env::var_os("CPUSHARE_TEST_SANDBOX_EXE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cpushare-seller"))),
-        jail_root: h.home.path().join("jail"),
-        scratch,
-        uid,
-        max_memory_bytes: mem_mib * MIB,
-        jail: true,
-        seccomp: std::env::var_os("CPUSHARE_TEST_NO_SECCOMP").is_none(),
-        env: attack
-            .map(|a| vec![("CPUSHARE_SANDBOX_ATTACK".to_string(), a.to_string())])
-            .unwrap_or_default(),
-    };
+        mem_mib * MIB,
+        attack,
+    );
     let mut sandbox = Sandbox::spawn(&spec, Some(cgroup)).unwrap();
     let job = SandboxJob {
         image_hex: id,
@@ -266,16 +212,6 @@ async fn the_sandbox_sees_no_host_process_network_or_writable_path() {
     assert_eq!(probe("write-root"), "false");
 }
 
-fn status_field(pid: u32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in status"))
-        .trim()
-        .to_string()
-}
-
 #[tokio::test]
 async fn a_running_sandbox_is_filtered_unprivileged_and_limited() {
     let (mut sandbox, mem) = start("spin", &[], 32, None).await;
@@ -288,12 +224,12 @@ async fn a_running_sandbox_is_filtered_unprivileged_and_limited() {
         }
     }
     let pid = sandbox.inner_pid().expect("inner pid");
-    assert_eq!(status_field(pid, "Seccomp"), "2");
-    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
-    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
-    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
-    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
-    let uid: u32 = status_field(pid, "Uid")
+    assert_eq!(status_field(pid, pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, pid, "CapPrm"), "0000000000000000");
+    assert_eq!(status_field(pid, pid, "CapBnd"), "0000000000000000");
+    let uid: u32 = status_field(pid, pid, "Uid")
         .split_whitespace()
         .next()
         .unwrap()

@@ -5,50 +5,38 @@
 //! speed even on a software KVM). Every test needs root and /dev/kvm; none
 //! skips: without them they fail and say what is missing.
 
+mod support;
+
 use cpushare_proto::msg::LeaseEnd;
 use cpushare_proto::sandbox::{SandboxEnd, SandboxVmJob};
-use cpushare_seller::jail::cgroup::{Hierarchy, LeaseCgroup, OVERHEAD_BYTES};
-use cpushare_seller::jail::supervisor::{self, Sandbox, SpawnSpec};
+use cpushare_seller::jail::cgroup::OVERHEAD_BYTES;
+use cpushare_seller::jail::supervisor::{self, Sandbox};
 use cpushare_seller::jail::verdict;
 use cpushare_seller::jail::vm_supervisor::{self, Event};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use support::{status_field, TestHost, TestLease, MIB};
 use tokio::sync::mpsc;
 
-const MIB: u64 = 1 << 20;
-
-/// The daemon's side, as a test sees it: a home and cgroups.
+/// The daemon's side, as a test sees it: a home and cgroups, and the
+/// built test guest.
 struct Host {
-    home: tempfile::TempDir,
-    cgroups: Hierarchy,
+    host: TestHost,
     guest_dir: PathBuf,
 }
 
 fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "VM confinement tests must run as root (CI does); see `cpushare-seller doctor`"
-        );
+        let host = TestHost::new("VM confinement", "vmtest");
         assert!(
             Path::new("/dev/kvm").exists(),
             "/dev/kvm is missing: VM sandbox tests must run on a KVM host"
         );
-        let home = tempfile::tempdir().unwrap();
-        std::fs::create_dir(home.path().join("jail")).unwrap();
-        std::fs::create_dir(home.path().join("scratch")).unwrap();
-        let cgroups =
-            Hierarchy::detect().expect("this host must offer cgroup v2 or v1 controllers");
         Host {
-            home,
-            cgroups,
+            host,
             guest_dir: build_test_guest(),
         }
     })
@@ -88,15 +76,6 @@ fn iso(name: &str, cmdline: &str) -> PathBuf {
         .expect("run guest-images/test-guest/mkiso.sh");
     assert!(status.success(), "packing the ISO failed; install xorriso");
     iso
-}
-
-fn lease_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "vmtest-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// How to start one VM sandbox.
@@ -140,35 +119,12 @@ struct Running {
 
 fn start(setup: &Setup<'_>) -> Running {
     let h = host();
-    let iso = iso(&lease_name(), setup.cmdline);
-    let name = lease_name();
-    let uid = supervisor::next_uid();
-    let scratch = h.home.path().join("scratch").join(&name);
-    std::fs::create_dir(&scratch).unwrap();
-    std::os::unix::fs::chown(&scratch, Some(uid), Some(uid)).unwrap();
-    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let cgroup = LeaseCgroup::create(
-        &h.cgroups,
-        &name,
+    let iso = iso(&h.host.lease_name(), setup.cmdline);
+    let TestLease { cgroup, spec, .. } = h.host.lease(
         vm_supervisor::limits(setup.cgroup_guest_mib * MIB, u32::from(setup.vcpus)),
-    )
-    .unwrap();
-    let spec = SpawnSpec {
-        // CPUSHARE_TEST_SANDBOX_EXE wraps the sandbox (e.g. in strace) when debugging.
-        exe: std::env::var_os("CPUSHARE_TEST_SANDBOX_EXE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cpushare-seller"))),
-        jail_root: h.home.path().join("jail"),
-        scratch,
-        uid,
-        max_memory_bytes: setup.guest_mib * MIB,
-        jail: std::env::var_os("CPUSHARE_TEST_NO_JAIL").is_none(),
-        seccomp: std::env::var_os("CPUSHARE_TEST_NO_SECCOMP").is_none(),
-        env: setup
-            .attack
-            .map(|a| vec![("CPUSHARE_SANDBOX_ATTACK".to_string(), a.to_string())])
-            .unwrap_or_default(),
-    };
+        setup.guest_mib * MIB,
+        setup.attack,
+    );
     let sandbox = vm_supervisor::spawn(&spec, &iso, None, cgroup).unwrap();
     let (console_tx, console_rx) = mpsc::unbounded_channel();
     Running {
@@ -269,16 +225,6 @@ async fn console_input_reaches_the_confined_guest() {
         "{run:?}"
     );
     assert_eq!(run.end, LeaseEnd::PowerOff { status: 0 });
-}
-
-fn status_field(pid: u32, tid: u32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in status of {pid}/{tid}"))
-        .trim()
-        .to_string()
 }
 
 /// Threads of `pid` by name.

@@ -3,19 +3,19 @@
 //! concurrency and the compiled-module cache.
 
 mod guest_modules;
+mod support;
 
 use cpushare_proto::id::ContentId;
 use cpushare_seller::wasm::{
-    JobOutcome, JobSpec, Limits, LoadedModule, OutputSink, RuntimeConfig, StdStream, WasmError,
-    WasmRuntime, MAX_MODULE_BYTES,
+    JobOutcome, JobSpec, Limits, LoadedModule, OutputSink, StdStream, WasmError, WasmRuntime,
+    MAX_MODULE_BYTES,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const MIB: u64 = 1 << 20;
+use support::MIB;
 
 /// Every write the guest made, in arrival order, with its arrival time.
 #[derive(Default)]
@@ -67,12 +67,7 @@ impl Recorder {
 }
 
 fn runtime_in(dir: &Path, max_instances: u32) -> WasmRuntime {
-    WasmRuntime::new(RuntimeConfig {
-        compiled_cache_dir: dir.join("compiled"),
-        max_instances,
-        max_memory_bytes: 256 * MIB,
-    })
-    .expect("runtime starts")
+    support::wasm_runtime(dir, max_instances, 256 * MIB)
 }
 
 fn limits() -> Limits {

@@ -106,3 +106,54 @@ fn a_renewed_lease_runs_past_its_first_minute_and_an_unrenewed_one_is_cut() {
         }
     }
 }
+
+#[test]
+fn a_buyer_who_cannot_pay_a_renewal_is_told_why_and_its_lease_ends_at_its_minute() {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let _seller = Seller::start(&broker, "steady", 1, "0.001");
+    // One paid minute held at the cap, half a minute's price left over:
+    // the renewal, 20 s before the minute's end, cannot be paid.
+    let buyer = Buyer::login(&broker, "poor", "0.0015");
+    let busy = wasm.join("busy.wasm");
+    let busy = busy.to_str().expect("utf-8 path");
+    let o = buyer.run(&[
+        "run",
+        busy,
+        "--renew-up-to",
+        "2",
+        "--max-price",
+        "0.001",
+        "--minutes",
+        "1",
+        "--retries",
+        "0",
+        "--wait",
+        "120",
+        "--",
+        WORK_SECS,
+    ]);
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    assert!(!o.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains("done"), "the job was cut: {out}");
+    let lease = only_lease(&buyer);
+    let id = lease["id"].as_str().expect("lease id");
+    let told = err
+        .lines()
+        .find(|l| l.contains(&format!("lease {id} will not be renewed")))
+        .unwrap_or_else(|| panic!("the buyer is told its lease is not renewed: {err}"));
+    assert!(
+        told.contains("balance of 0.0005 credits") && told.contains("(1 min)"),
+        "{told}"
+    );
+    assert!(!err.contains("renewed lease"), "{err}");
+    let end = lease["end"].as_str().expect("ended");
+    assert!(
+        end == "killed: wall-clock time exceeded" || end == "killed: CPU time exceeded",
+        "cut at its minute, as a lease without renewals: {lease}"
+    );
+    assert_eq!(lease["minutes"], 1, "{lease}");
+    assert_eq!(lease["cost"].as_i64(), Some(PRICE), "{lease}");
+    assert_eq!(broker.balance("user:poor"), 1_500 - PRICE);
+    broker.ledger();
+}

@@ -4,8 +4,38 @@
 //! when the work is placed again after its seller is SIGKILLed.
 
 use cpushare_tests::{spawn_run, wait_output, wait_running, wasm_modules, Broker, Buyer, Seller};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// One test's market: sellers offering one CPU at 0.001 a minute, a
+/// buyer `b` with 1 credit, the example modules, and a base directory
+/// holding `in/x` (the input share).
+struct Market {
+    base: tempfile::TempDir,
+    buyer: Buyer,
+    sellers: Vec<Seller>,
+    broker: Broker,
+    /// Directory of the example `.wasm` modules.
+    wasm: PathBuf,
+}
+
+/// A broker with one seller per name in `sellers`, and the rest of [`Market`].
+fn market(sellers: &[&str]) -> Market {
+    let wasm = wasm_modules();
+    let broker = Broker::start(None);
+    let sellers = sellers
+        .iter()
+        .map(|name| Seller::start(&broker, name, 1, "0.001"))
+        .collect();
+    let buyer = Buyer::login(&broker, "b", "1");
+    Market {
+        base: input_dir(),
+        buyer,
+        sellers,
+        broker,
+        wasm,
+    }
+}
 
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -39,14 +69,10 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn inputs_reach_the_guest_read_only_and_outputs_come_back_only_from_a_job_that_ended_well() {
-    let wasm = wasm_modules();
-    let broker = Broker::start(None);
-    let _s = Seller::start(&broker, "s", 1, "0.001");
-    let buyer = Buyer::login(&broker, "b", "1");
-    let base = input_dir();
-    let (inp, out) = (base.path().join("in"), base.path().join("out"));
-    let module = wasm.join("share.wasm");
-    let out_run = buyer.run(&[
+    let m = market(&["s"]);
+    let (inp, out) = (m.base.path().join("in"), m.base.path().join("out"));
+    let module = m.wasm.join("share.wasm");
+    let out_run = m.buyer.run(&[
         "run",
         module.to_str().unwrap(),
         "--share",
@@ -68,16 +94,16 @@ fn inputs_reach_the_guest_read_only_and_outputs_come_back_only_from_a_job_that_e
     );
     assert_eq!(names(&inp), ["x"], "the input directory is untouched");
     assert_eq!(
-        names(base.path()),
+        names(m.base.path()),
         ["in", "out"],
         "no temporary directory is left behind"
     );
 
     // A job that fails places nothing.
-    let failed_out = base.path().join("failed-out");
-    let o = buyer.run(&[
+    let failed_out = m.base.path().join("failed-out");
+    let o = m.buyer.run(&[
         "run",
-        wasm.join("exitcode.wasm").to_str().unwrap(),
+        m.wasm.join("exitcode.wasm").to_str().unwrap(),
         "--share",
         &share(&failed_out, "/out", true),
         "--",
@@ -91,8 +117,8 @@ fn inputs_reach_the_guest_read_only_and_outputs_come_back_only_from_a_job_that_e
 
     // Outputs never overwrite: a non-empty output directory is refused
     // before anything is bought.
-    let spent = broker.balance("user:b");
-    let o = buyer.run(&[
+    let spent = m.broker.balance("user:b");
+    let o = m.buyer.run(&[
         "run",
         module.to_str().unwrap(),
         "--share",
@@ -102,21 +128,17 @@ fn inputs_reach_the_guest_read_only_and_outputs_come_back_only_from_a_job_that_e
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("is not empty"), "{}", stderr(&o));
-    assert_eq!(broker.balance("user:b"), spent);
-    broker.ledger();
+    assert_eq!(m.broker.balance("user:b"), spent);
+    m.broker.ledger();
 }
 
 #[test]
 fn links_and_bad_guest_paths_are_refused_before_anything_is_bought() {
-    let wasm = wasm_modules();
-    let broker = Broker::start(None);
-    let _s = Seller::start(&broker, "s", 1, "0.001");
-    let buyer = Buyer::login(&broker, "b", "1");
-    let base = input_dir();
-    let inp = base.path().join("in");
+    let m = market(&["s"]);
+    let inp = m.base.path().join("in");
     std::os::unix::fs::symlink("/etc/passwd", inp.join("passwd")).unwrap();
-    let module = wasm.join("share.wasm");
-    let o = buyer.run(&[
+    let module = m.wasm.join("share.wasm");
+    let o = m.buyer.run(&[
         "run",
         module.to_str().unwrap(),
         "--share",
@@ -125,33 +147,28 @@ fn links_and_bad_guest_paths_are_refused_before_anything_is_bought() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
     for bad in ["/in/../etc", "relative", "/scratch/x", "/"] {
-        let o = buyer.run(&[
+        let o = m.buyer.run(&[
             "run",
             module.to_str().unwrap(),
             "--share",
-            &format!("{}:{bad}", base.path().display()),
+            &format!("{}:{bad}", m.base.path().display()),
         ]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", stderr(&o));
         assert!(stderr(&o).contains("guest path"), "{bad}: {}", stderr(&o));
     }
-    assert_eq!(broker.balance("user:b"), 1_000_000);
-    assert!(buyer.json("orders").as_array().unwrap().is_empty());
+    assert_eq!(m.broker.balance("user:b"), 1_000_000);
+    assert!(m.buyer.json("orders").as_array().unwrap().is_empty());
 }
 
 #[test]
 fn a_job_rerun_after_its_seller_is_killed_places_its_outputs_once() {
-    let wasm = wasm_modules();
-    let broker = Broker::start(None);
-    let mut a = Seller::start(&broker, "seller-a", 1, "0.001");
-    let mut b = Seller::start(&broker, "seller-b", 1, "0.001");
-    let buyer = Buyer::login(&broker, "b", "1");
-    let base = input_dir();
-    let (inp, out) = (base.path().join("in"), base.path().join("out"));
-    let module = wasm.join("share.wasm");
+    let mut m = market(&["seller-a", "seller-b"]);
+    let (inp, out) = (m.base.path().join("in"), m.base.path().join("out"));
+    let module = m.wasm.join("share.wasm");
     // The guest writes its outputs at once, then works for 6 s: the first
     // seller dies holding outputs that must never reach the buyer.
     let mut run = spawn_run(
-        &buyer,
+        &m.buyer,
         &[
             module.to_str().unwrap(),
             "--share",
@@ -162,15 +179,15 @@ fn a_job_rerun_after_its_seller_is_killed_places_its_outputs_once() {
             "6",
         ],
     );
-    let first = wait_running(&buyer, 1, Duration::from_secs(30))[0]["seller"]
+    let first = wait_running(&m.buyer, 1, Duration::from_secs(30))[0]["seller"]
         .as_str()
         .unwrap()
         .to_string();
     match first.as_str() {
-        "seller-a" => a.proc.kill(),
-        _ => b.proc.kill(),
+        "seller-a" => m.sellers[0].proc.kill(),
+        _ => m.sellers[1].proc.kill(),
     }
-    let leases = wait_running(&buyer, 2, Duration::from_secs(60));
+    let leases = wait_running(&m.buyer, 2, Duration::from_secs(60));
     assert_ne!(leases[0]["seller"], first.as_str());
     let o = wait_output(&mut run, Duration::from_secs(120));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -185,10 +202,10 @@ fn a_job_rerun_after_its_seller_is_killed_places_its_outputs_once() {
         std::fs::read_to_string(out.join("y")).unwrap(),
         "seen: hello share\n"
     );
-    assert_eq!(names(base.path()), ["in", "out"]);
+    assert_eq!(names(m.base.path()), ["in", "out"]);
     // Two started minutes: the lost lease's and the rerun's.
-    assert_eq!(broker.balance("user:b"), 1_000_000 - 2000);
-    broker.ledger();
+    assert_eq!(m.broker.balance("user:b"), 1_000_000 - 2000);
+    m.broker.ledger();
 }
 
 #[test]
@@ -196,14 +213,10 @@ fn a_guest_that_swaps_its_share_for_a_host_symlink_ships_nothing() {
     // The guest owns its scratch directory: it moves the seller's share
     // layout away and leaves a symlink to the host's /etc where its
     // writable share was. The seller must not pack what that points at.
-    let wasm = wasm_modules();
-    let broker = Broker::start(None);
-    let _s = Seller::start(&broker, "s", 1, "0.001");
-    let buyer = Buyer::login(&broker, "b", "1");
-    let base = tempfile::tempdir().unwrap();
-    let out = base.path().join("out");
-    let module = wasm.join("sharejack.wasm");
-    let run = buyer.run(&[
+    let m = market(&["s"]);
+    let out = m.base.path().join("out");
+    let module = m.wasm.join("sharejack.wasm");
+    let run = m.buyer.run(&[
         "run",
         module.to_str().unwrap(),
         "--share",
@@ -222,5 +235,5 @@ fn a_guest_that_swaps_its_share_for_a_host_symlink_ships_nothing() {
         "nothing may be placed: {:?}",
         names(&out)
     );
-    broker.ledger();
+    m.broker.ledger();
 }

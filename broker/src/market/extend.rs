@@ -70,14 +70,26 @@ impl Market {
     }
 
     /// Records that lease `key` ends with its paid minutes (asked no more
-    /// this period).
+    /// this period), and tells a buyer who asked for renewals why.
     fn refuse_renewal(&mut self, key: &str, why: NoRenewal) {
         let Some(l) = self.leases.get_mut(key) else {
             return;
         };
-        l.renewal_refused_at = Some(l.billing.minutes());
+        let minutes = l.billing.minutes();
+        l.renewal_refused_at = Some(minutes);
+        let buy = l.buy;
         if why != NoRenewal::NotAllowed {
-            tracing::info!(lease = %key, ?why, minutes = l.billing.minutes(), "lease not renewed");
+            tracing::info!(lease = %key, ?why, minutes, "lease not renewed");
+        }
+        if why.tells_buyer() {
+            self.tell_buyer(
+                buy,
+                Response::LeaseNotRenewed {
+                    lease: key.to_string(),
+                    minutes,
+                    reason: why.to_string(),
+                },
+            );
         }
     }
 

@@ -89,6 +89,37 @@ pub enum NoRenewal {
     Lapsed,
 }
 
+impl NoRenewal {
+    /// Whether the buyer is told: it asked for renewals and did not stop
+    /// the lease itself, so an end at its paid minutes would surprise it.
+    pub fn tells_buyer(self) -> bool {
+        !matches!(self, NoRenewal::NotAllowed | NoRenewal::Stopping)
+    }
+}
+
+/// The reason in words for the buyer, saying what to do where it can.
+impl std::fmt::Display for NoRenewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoRenewal::NotAllowed => write!(f, "renewals were not asked for (--renew-up-to)"),
+            NoRenewal::AllowanceUsed => write!(f, "it reached the minutes --renew-up-to allows"),
+            NoRenewal::Stopping => write!(f, "it is being stopped"),
+            NoRenewal::SellerGone => write!(f, "its seller is gone"),
+            NoRenewal::PriceAbove { ask, max } => write!(
+                f,
+                "the seller now asks {ask} credits per vCPU-minute, above your price cap of {max}"
+            ),
+            NoRenewal::CannotAfford { needed, available } => write!(
+                f,
+                "your available balance of {available} credits does not cover the {needed} \
+                 credits the next minutes cost; add credits to renew"
+            ),
+            NoRenewal::Overflow => write!(f, "the next minutes' cost is too large to bill"),
+            NoRenewal::Lapsed => write!(f, "its paid minutes ran out before it could be renewed"),
+        }
+    }
+}
+
 /// What to do with one running lease now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
@@ -167,6 +198,26 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_buyer_hears_of_balance_and_price_but_not_of_its_own_stop() {
+        let poor = NoRenewal::CannotAfford {
+            needed: Micros(2000),
+            available: Micros(500),
+        };
+        assert!(poor.tells_buyer());
+        let text = poor.to_string();
+        assert!(text.contains("balance of 0.0005 credits"), "{text}");
+        assert!(text.contains("0.002"), "{text}");
+        let dear = NoRenewal::PriceAbove {
+            ask: Micros(3000),
+            max: Micros(2000),
+        };
+        assert!(dear.tells_buyer());
+        assert!(dear.to_string().contains("asks 0.003"), "{dear}");
+        assert!(!NoRenewal::NotAllowed.tells_buyer());
+        assert!(!NoRenewal::Stopping.tells_buyer());
+    }
 
     const START: u64 = 1_000_000;
 

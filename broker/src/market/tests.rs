@@ -240,6 +240,46 @@ async fn a_buyer_who_cannot_pay_the_next_renewal_keeps_what_was_paid() {
 }
 
 #[tokio::test]
+async fn a_buyer_whose_renewal_is_refused_is_told_why() {
+    // As above: the first renewal is paid, the second cannot be.
+    let mut f = Fixture::new(2 * PRICE.0, Some(5)).await;
+    f.run_until(45).await;
+    let msgs = f.buyer_msgs();
+    assert_eq!(renewals(&msgs), [2]);
+    assert!(
+        !msgs
+            .iter()
+            .any(|m| matches!(m, Response::LeaseNotRenewed { .. })),
+        "{msgs:?}"
+    );
+    f.run_until(105).await;
+    let refusals: Vec<_> = f
+        .buyer_msgs()
+        .into_iter()
+        .filter_map(|m| match m {
+            Response::LeaseNotRenewed {
+                lease,
+                minutes,
+                reason,
+            } => Some((lease, minutes, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals.len(), 1, "told once: {refusals:?}");
+    let (lease, minutes, reason) = &refusals[0];
+    assert_eq!((lease.as_str(), *minutes), (f.lease.as_str(), 2));
+    assert!(reason.contains("balance"), "{reason}");
+    // The lease then ends as any other at its paid minutes.
+    f.run_until(151).await;
+    f.end(152, LeaseEnd::Cancelled).await;
+    assert_eq!(f.paid().await, 2 * PRICE.0 as i64);
+    assert!(f
+        .buyer_msgs()
+        .iter()
+        .any(|m| matches!(m, Response::LeaseEnded { .. })));
+}
+
+#[tokio::test]
 async fn a_lease_stopped_by_its_buyer_is_not_renewed() {
     let mut f = Fixture::new(1_000_000, Some(10)).await;
     f.run_until(10).await;

@@ -7,7 +7,7 @@
 //! NFS, MOUNT and GETPORT share one port.
 
 use std::io::{BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +59,7 @@ pub enum ShareError {
 pub struct ShareServer {
     local_addr: SocketAddr,
     allow: Arc<Mutex<AllowList>>,
+    registry: Registry,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -84,10 +85,18 @@ impl ShareServer {
         let service = Arc::new(ShareService::new(&shares, local_addr.port())?);
         let (shutdown, rx) = watch::channel(false);
         let allow = Arc::new(Mutex::new(allowed_clients));
-        let task = tokio::spawn(accept_loop(listener, service, allow.clone(), rx));
+        let registry = Registry::default();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            service,
+            allow.clone(),
+            registry.clone(),
+            rx,
+        ));
         Ok(Self {
             local_addr,
             allow,
+            registry,
             shutdown,
             task,
         })
@@ -99,10 +108,21 @@ impl ShareServer {
         self.local_addr
     }
 
-    /// Replaces the allow list for connections accepted from now on (the
-    /// buyer's leases come and go; connections already open stay).
+    /// Replaces the allow list (the buyer's leases come and go): new
+    /// connections are checked against it, and open connections from a
+    /// client no longer on it are closed at once, so a lease that ended
+    /// keeps no handle on the buyer's files.
     pub fn set_allowed(&self, allowed_clients: AllowList) {
-        *self.allow.lock().unwrap_or_else(|p| p.into_inner()) = allowed_clients;
+        // Lock order: the allow list, then the registry (as on accept), so
+        // no connection is registered under the old list after the sweep.
+        let mut allow = self.allow.lock().unwrap_or_else(|p| p.into_inner());
+        *allow = allowed_clients;
+        for (_, peer, s) in &lock(&self.registry).open {
+            if !allow.allows(*peer) {
+                debug!(%peer, "closing NFS connection: client no longer allowed");
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
     }
 
     /// Stops accepting, closes every connection and waits for the server
@@ -120,11 +140,12 @@ impl Drop for ShareServer {
     }
 }
 
-/// Live connections, so that stopping the server can close them.
-#[derive(Default)]
+/// Live connections (id, client address, a handle on the socket), so
+/// that stopping the server or shrinking its allow list can close them.
+#[derive(Debug, Default)]
 struct Connections {
     next: u64,
-    open: Vec<(u64, TcpStream)>,
+    open: Vec<(u64, IpAddr, TcpStream)>,
 }
 
 type Registry = Arc<Mutex<Connections>>;
@@ -137,9 +158,9 @@ async fn accept_loop(
     listener: TcpListener,
     service: Arc<ShareService>,
     allow: Arc<Mutex<AllowList>>,
+    registry: Registry,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let registry: Registry = Arc::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -152,28 +173,34 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let allowed = allow.lock().unwrap_or_else(|p| p.into_inner()).allows(peer.ip());
-                if !allowed {
-                    warn!(%peer, "refused NFS connection from an address not on the allow list");
-                    continue;
-                }
-                if let Err(e) = start_connection(stream, peer, &service, &registry) {
+                if let Err(e) = start_connection(stream, peer, &service, &allow, &registry) {
                     warn!(%peer, "refused NFS connection: {e}");
                 }
             }
         }
     }
-    for (_, s) in lock(&registry).open.drain(..) {
+    for (_, _, s) in lock(&registry).open.drain(..) {
         let _ = s.shutdown(Shutdown::Both);
     }
 }
 
+/// Serves `stream` on its own thread if `peer` is on the allow list, and
+/// registers it. The allow list stays locked until the connection is
+/// registered, so a concurrent [`ShareServer::set_allowed`] either sees
+/// it and closes it, or comes first and refuses it here.
 fn start_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     service: &Arc<ShareService>,
+    allow: &Mutex<AllowList>,
     registry: &Registry,
 ) -> std::io::Result<()> {
+    let allow = allow.lock().unwrap_or_else(|p| p.into_inner());
+    if !allow.allows(peer.ip()) {
+        return Err(std::io::Error::other(
+            "the address is not on the allow list",
+        ));
+    }
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     let _ = stream.set_nodelay(true);
@@ -186,18 +213,19 @@ fn start_connection(
         }
         reg.next += 1;
         let id = reg.next;
-        reg.open.push((id, stream.try_clone()?));
+        reg.open.push((id, peer.ip(), stream.try_clone()?));
         id
     };
+    drop(allow);
     let (svc, reg) = (service.clone(), registry.clone());
     let spawned = std::thread::Builder::new()
         .name("nfs-conn".into())
         .spawn(move || {
             serve_connection(stream, peer, &svc);
-            lock(&reg).open.retain(|(i, _)| *i != id);
+            lock(&reg).open.retain(|(i, _, _)| *i != id);
         });
     if let Err(e) = spawned {
-        lock(registry).open.retain(|(i, _)| *i != id);
+        lock(registry).open.retain(|(i, _, _)| *i != id);
         return Err(e);
     }
     Ok(())

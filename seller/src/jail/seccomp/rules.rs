@@ -26,6 +26,42 @@ fn only_if(map: &mut RuleMap, nr: libc::c_long, conditions: Vec<Vec<SeccompCondi
     map.insert(nr, rules);
 }
 
+/// `clone` for threads only: a new process (fork, vfork) is refused.
+fn threads_only(map: &mut RuleMap) {
+    only_if(
+        map,
+        libc::SYS_clone,
+        vec![vec![cond(
+            0,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+            libc::CLONE_THREAD as u64,
+        )]],
+    );
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, ..)`: a new thread adds its own,
+/// smaller filter (a filter only ever takes rights away). No flags: no
+/// TSYNC, no user-notification fd.
+fn narrow_own_filter(map: &mut RuleMap) {
+    only_if(
+        map,
+        libc::SYS_seccomp,
+        vec![vec![
+            cond(0, SeccompCmpOp::Eq, 1), // SECCOMP_SET_MODE_FILTER
+            cond(1, SeccompCmpOp::Eq, 0),
+        ]],
+    );
+}
+
+/// `prctl(PR_SET_NAME)`: naming its own threads; no other prctl.
+fn name_threads(map: &mut RuleMap) {
+    only_if(
+        map,
+        libc::SYS_prctl,
+        vec![vec![int_is(0, libc::PR_SET_NAME)]],
+    );
+}
+
 /// What every thread of a sandbox needs to live and die: memory, locks,
 /// time, signal return, exit.
 fn thread_basics(map: &mut RuleMap) {
@@ -112,16 +148,7 @@ pub fn wasm_job() -> RuleMap {
             libc::SYS_rseq,
         ],
     );
-    // Threads only: a new process (fork, vfork) is refused.
-    only_if(
-        &mut map,
-        libc::SYS_clone,
-        vec![vec![cond(
-            0,
-            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
-            libc::CLONE_THREAD as u64,
-        )]],
-    );
+    threads_only(&mut map);
     // The preopened scratch directory is opened by path; files beneath it
     // go through openat2. So openat only for directories.
     only_if(
@@ -147,28 +174,8 @@ pub fn wasm_job() -> RuleMap {
         )
         .expect("argument 0 is valid")]],
     );
-    // A new helper thread adds its own, smaller filter: a filter only ever
-    // takes rights away. No flags (no TSYNC, no user-notification fd).
-    only_if(
-        &mut map,
-        libc::SYS_seccomp,
-        vec![vec![
-            cond(0, SeccompCmpOp::Eq, 1), // SECCOMP_SET_MODE_FILTER
-            cond(1, SeccompCmpOp::Eq, 0),
-        ]],
-    );
-    // Naming its own threads; no other prctl.
-    only_if(
-        &mut map,
-        libc::SYS_prctl,
-        vec![vec![SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::PR_SET_NAME as u64,
-        )
-        .expect("argument 0 is valid")]],
-    );
+    narrow_own_filter(&mut map);
+    name_threads(&mut map);
     map
 }
 
@@ -383,33 +390,8 @@ pub fn vmm_boot() -> RuleMap {
     let mut requests = cpushare_vmm::confine::setup_ioctls();
     requests.extend(cpushare_vmm::confine::vcpu_ioctls());
     ioctls(&mut map, &requests);
-    only_if(
-        &mut map,
-        libc::SYS_clone,
-        vec![vec![cond(
-            0,
-            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
-            libc::CLONE_THREAD as u64,
-        )]],
-    );
-    only_if(
-        &mut map,
-        libc::SYS_seccomp,
-        vec![vec![
-            cond(0, SeccompCmpOp::Eq, 1), // SECCOMP_SET_MODE_FILTER
-            cond(1, SeccompCmpOp::Eq, 0),
-        ]],
-    );
-    only_if(
-        &mut map,
-        libc::SYS_prctl,
-        vec![vec![SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::PR_SET_NAME as u64,
-        )
-        .expect("argument 0 is valid")]],
-    );
+    threads_only(&mut map);
+    narrow_own_filter(&mut map);
+    name_threads(&mut map);
     map
 }
