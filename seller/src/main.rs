@@ -63,6 +63,13 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         warm: usize,
     },
+    /// Internal: forks wasm sandboxes for the daemon (started by it, once).
+    #[command(hide = true)]
+    Zygote {
+        /// The daemon's pid: the zygote dies with it.
+        #[arg(long)]
+        daemon_pid: u32,
+    },
     /// Check what confinement and VM leases need from this host.
     Doctor {
         /// Machine-readable output.
@@ -146,7 +153,16 @@ fn main() -> anyhow::Result<()> {
                 cgroup_procs,
                 vm_iso,
                 vm_net_socket,
+                new_netns: true,
             }))
+        }
+        Cmd::Zygote { daemon_pid } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .init();
+            std::process::exit(jail::zygote::main(daemon_pid))
         }
         Cmd::Doctor { json } => {
             let checks = jail::doctor::run();
@@ -224,6 +240,8 @@ async fn serve(home_dir: PathBuf, cmd: Cmd) -> anyhow::Result<()> {
             })
             .await
         }
-        Cmd::Doctor { .. } | Cmd::Sandbox { .. } => unreachable!("handled before the runtime"),
+        Cmd::Doctor { .. } | Cmd::Sandbox { .. } | Cmd::Zygote { .. } => {
+            unreachable!("handled before the runtime")
+        }
     }
 }

@@ -13,6 +13,7 @@ use cpushare_proto::sandbox::{FromSandbox, SandboxJob};
 use cpushare_seller::jail::cgroup::{CgroupLimits, MAX_TASKS, OVERHEAD_BYTES};
 use cpushare_seller::jail::supervisor::{self, Sandbox};
 use cpushare_seller::jail::verdict;
+use cpushare_seller::jail::zygote::Zygote;
 use cpushare_seller::wasm::WasmRuntime;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -26,11 +27,12 @@ struct Run {
     stderr: String,
 }
 
-/// The daemon's side, as a test sees it: a home and cgroups, and a
-/// compiling runtime.
+/// The daemon's side, as a test sees it: a home and cgroups, a
+/// compiling runtime and a sandbox zygote.
 struct Host {
     host: TestHost,
     runtime: WasmRuntime,
+    zygote: Zygote,
 }
 
 fn host() -> &'static Host {
@@ -38,18 +40,27 @@ fn host() -> &'static Host {
     HOST.get_or_init(|| {
         let host = TestHost::new("confinement", "test");
         let runtime = support::wasm_runtime(host.home(), 4, 1 << 30);
-        Host { host, runtime }
+        let zygote = Zygote::start(&host.lease_exe()).expect("start the sandbox zygote");
+        Host {
+            host,
+            runtime,
+            zygote,
+        }
     })
 }
 
-/// A sandbox for `module` with `mem_mib` of guest memory, started and
-/// sent its job; `attack` sets the debug-only attack hook.
-async fn start(module: &str, args: &[&str], mem_mib: u64, attack: Option<&str>) -> (Sandbox, u64) {
+/// How a sandbox is started.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Forked by the zygote, as the daemon starts wasm sandboxes.
+    Zygote,
+    /// Spawned from the binary (the daemon's fallback, and VM leases).
+    Spawn,
+}
+
+/// A confined sandbox for a lease of `mem_mib`, not yet sent a job.
+fn launch(via: Via, mem_mib: u64, attack: Option<&str>) -> Sandbox {
     let h = host();
-    let wasm = guest_modules::bytes(module);
-    let id = ContentId::of(&wasm).hex();
-    let loaded = h.runtime.load(&id, &wasm).unwrap();
-    let compiled = h.runtime.compiled_bytes(&loaded).unwrap();
     let TestLease { cgroup, spec, .. } = h.host.lease(
         CgroupLimits {
             guest_memory_bytes: mem_mib * MIB,
@@ -58,7 +69,33 @@ async fn start(module: &str, args: &[&str], mem_mib: u64, attack: Option<&str>) 
         mem_mib * MIB,
         attack,
     );
-    let mut sandbox = Sandbox::spawn(&spec, Some(cgroup)).unwrap();
+    match via {
+        Via::Zygote => Sandbox::fork(&h.zygote, &spec, Some(cgroup))
+            .map_err(|(e, _)| e)
+            .unwrap(),
+        Via::Spawn => Sandbox::spawn(&spec, Some(cgroup)).unwrap(),
+    }
+}
+
+/// A sandbox for `module` with `mem_mib` of guest memory, started and
+/// sent its job; `attack` sets the debug-only attack hook.
+async fn start(module: &str, args: &[&str], mem_mib: u64, attack: Option<&str>) -> (Sandbox, u64) {
+    start_via(Via::Zygote, module, args, mem_mib, attack).await
+}
+
+async fn start_via(
+    via: Via,
+    module: &str,
+    args: &[&str],
+    mem_mib: u64,
+    attack: Option<&str>,
+) -> (Sandbox, u64) {
+    let h = host();
+    let wasm = guest_modules::bytes(module);
+    let id = ContentId::of(&wasm).hex();
+    let loaded = h.runtime.load(&id, &wasm).unwrap();
+    let compiled = h.runtime.compiled_bytes(&loaded).unwrap();
+    let mut sandbox = launch(via, mem_mib, attack);
     let job = SandboxJob {
         image_hex: id,
         args: args.iter().map(|s| s.to_string()).collect(),
@@ -124,6 +161,78 @@ async fn a_confined_job_runs_and_streams_its_output() {
         r.stdout.contains("one") && r.stdout.contains("two"),
         "{}",
         r.stdout
+    );
+}
+
+#[tokio::test]
+async fn a_spawned_sandbox_runs_like_a_forked_one() {
+    let (sandbox, mem) = start_via(Via::Spawn, "hello", &["spawned"], 16, None).await;
+    let r = finish(sandbox, mem).await;
+    assert_eq!(r.end, LeaseEnd::Exited { code: 0 }, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("spawned"), "{}", r.stdout);
+}
+
+/// The network namespace of a ready sandbox's confined process.
+async fn ready_netns(sandbox: &mut Sandbox) -> std::path::PathBuf {
+    match tokio::time::timeout(Duration::from_secs(10), sandbox.next()).await {
+        Ok(Some(FromSandbox::Ready)) => {}
+        other => panic!("sandbox not ready: {other:?}"),
+    }
+    let inner = sandbox.inner_pid().expect("the confined process");
+    std::fs::read_link(format!("/proc/{inner}/ns/net")).unwrap()
+}
+
+#[tokio::test]
+async fn forked_sandboxes_share_one_empty_network_namespace_apart_from_the_host() {
+    let mut a = launch(Via::Zygote, 16, None);
+    let mut b = launch(Via::Zygote, 16, None);
+    let mut spawned = launch(Via::Spawn, 16, None);
+    let (na, nb) = (ready_netns(&mut a).await, ready_netns(&mut b).await);
+    let ns = ready_netns(&mut spawned).await;
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(na, nb, "the zygote's sandboxes share its namespace");
+    assert_ne!(na, host_ns, "not the host's");
+    assert_ne!(ns, host_ns, "a spawned sandbox makes its own");
+    assert_ne!(ns, na);
+    // Each is still the daemon's (here: this test's) own child.
+    for s in [&a, &b] {
+        let pid = s.pid().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+            .expect("ppid field");
+        assert_eq!(ppid, std::process::id(), "cloned with CLONE_PARENT");
+    }
+    for mut s in [a, b, spawned] {
+        s.kill();
+        let death = s.reap(None).await;
+        assert_eq!(
+            death.status,
+            Some(128 + libc::SIGKILL),
+            "reaped with its status"
+        );
+    }
+}
+
+#[tokio::test]
+async fn guests_of_forked_sandboxes_draw_their_own_random_bytes() {
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let r = run("random", &[], 16, None).await;
+        assert_eq!(r.end, LeaseEnd::Exited { code: 0 }, "stderr: {}", r.stderr);
+        let line = r.stdout.trim().to_string();
+        assert_eq!(line.len(), 32, "16 bytes in hex: {line}");
+        lines.push(line);
+    }
+    lines.sort();
+    lines.dedup();
+    assert_eq!(
+        lines.len(),
+        3,
+        "every sandbox drew different bytes: {lines:?}"
     );
 }
 

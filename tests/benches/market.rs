@@ -25,9 +25,35 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// CPU time (user + system) a process used, with that of its reaped
-/// children (a seller's sandboxes), in milliseconds.
+/// children (a seller's sandboxes) and of its living descendants (a
+/// seller's sandbox zygote, which is not reaped while it runs), in
+/// milliseconds.
 fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    tree_ms(pid).expect("stat of a benchmarked process")
+}
+
+/// [`cpu_ms`], or `None` if the process is gone.
+fn tree_ms(pid: u32) -> Option<f64> {
+    let own = own_and_reaped_ms(pid)?;
+    let children: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        // A child that exits meanwhile is counted once it is reaped.
+        .filter_map(tree_ms)
+        .sum();
+    Some(own + children)
+}
+
+/// A process's own CPU time and its reaped children's, if it still exists.
+fn own_and_reaped_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the `(comm)`: state is field 3, utime..cstime are 14..17.
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -37,12 +63,13 @@ fn cpu_ms(pid: u32) -> f64 {
         .sum();
     // SAFETY: sysconf with a constant name.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks * 1000.0 / hz
+    Some(ticks * 1000.0 / hz)
 }
 
 /// CPU time of this (the buyer's) process so far, milliseconds.
 fn own_cpu_ms() -> f64 {
-    cpu_ms(std::process::id())
+    // Not its living children: those are the broker and the sellers.
+    own_and_reaped_ms(std::process::id()).expect("own stat")
 }
 
 fn ms(d: Duration) -> String {

@@ -9,6 +9,7 @@
 //! `seller lost` and will not pay for more).
 
 mod fetch;
+mod prepared;
 mod sandbox_pool;
 mod shares;
 mod vm_job;
@@ -16,7 +17,9 @@ mod vnet_lease;
 mod wasm_job;
 
 use crate::cache::ImageCache;
-use crate::jail::cgroup::Hierarchy;
+use crate::jail::cgroup::{Hierarchy, LeaseCgroup};
+use crate::jail::supervisor::{Sandbox, SpawnSpec};
+use crate::jail::zygote::Zygote;
 use crate::lease::{Action, Lease, LeaseEvent};
 use crate::wasm::{RuntimeConfig, WasmRuntime};
 use anyhow::Context;
@@ -85,6 +88,31 @@ pub(crate) struct JailSetup {
     pub(crate) root: PathBuf,
     /// Where lease cgroups go.
     pub(crate) cgroups: Hierarchy,
+    /// Forks wasm sandboxes; without it (it could not start, or died)
+    /// each is spawned from `exe`.
+    pub(crate) zygote: Option<Zygote>,
+}
+
+impl JailSetup {
+    /// Starts a jailed wasm sandbox: forked by the zygote when it is
+    /// running, else spawned.
+    pub(crate) fn start_wasm(
+        &self,
+        spec: &SpawnSpec,
+        cgroup: LeaseCgroup,
+    ) -> Result<Sandbox, crate::jail::JailError> {
+        let mut cgroup = Some(cgroup);
+        if let Some(z) = self.zygote.as_ref().filter(|z| z.is_alive()) {
+            match Sandbox::fork(z, spec, cgroup) {
+                Ok(s) => return Ok(s),
+                Err((e, back)) => {
+                    tracing::warn!("the sandbox zygote failed ({e}); spawning instead");
+                    cgroup = back;
+                }
+            }
+        }
+        Sandbox::spawn(spec, cgroup)
+    }
 }
 
 /// Leases by id, shared by the session reader and the lease tasks.
@@ -102,6 +130,18 @@ struct Ctx {
     jail: Arc<JailSetup>,
     vnet: vnet_lease::VnetLeases,
     pool: sandbox_pool::SandboxPool,
+    prepared: prepared::PreparedModules,
+}
+
+/// The sandbox zygote, if it starts (each sandbox is spawned otherwise).
+fn start_zygote() -> Option<Zygote> {
+    match Zygote::start(std::path::Path::new("/proc/self/exe")) {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::warn!("no sandbox zygote ({e}); every sandbox will be spawned");
+            None
+        }
+    }
 }
 
 /// Runs the daemon until it is killed, reconnecting as needed.
@@ -121,6 +161,7 @@ pub async fn run(cfg: SellerConfig) -> anyhow::Result<()> {
         exe: PathBuf::from("/proc/self/exe"),
         root: dir.join("jail"),
         cgroups: Hierarchy::detect().context("while preparing lease cgroups")?,
+        zygote: start_zygote(),
     });
     std::fs::create_dir_all(&jail.root)?;
     let scratch_root = dir.join("scratch");
@@ -210,6 +251,7 @@ async fn session(
         jail: jail.clone(),
         vnet: vnet_lease::VnetLeases::new(cfg.home.dir().join("vnet")),
         pool: pool.clone(),
+        prepared: prepared::PreparedModules::new(),
     };
     let result = loop {
         let msg = match frame::read::<BrokerMsg, _>(&mut recv).await {
@@ -304,7 +346,14 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let id = spec.lease.clone();
-        let fetched = fetch::image(&ctx.conn, &ctx.cache, spec.image, spec.image_len).await;
+        // A wasm module a recent lease ran is ready as it is.
+        let ready = (spec.kind == SandboxKind::Wasm)
+            .then(|| ctx.prepared.get(&spec.image))
+            .flatten();
+        let fetched = match &ready {
+            Some(_) => Ok(Vec::new()),
+            None => fetch::image(&ctx.conn, &ctx.cache, spec.image, spec.image_len).await,
+        };
         let event = match &fetched {
             Ok(_) => LeaseEvent::ImageReady,
             Err(e) => LeaseEvent::ImageFailed(e.clone()),
@@ -316,7 +365,13 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
         }
         let bytes = fetched.expect("ImageReady only on success");
         let end = match spec.kind {
-            SandboxKind::Wasm => wasm_job::run(&ctx, &spec, bytes, stop, paid).await,
+            SandboxKind::Wasm => {
+                let module = match ready {
+                    Some(p) => wasm_job::Module::Prepared(p),
+                    None => wasm_job::Module::Fetched(bytes),
+                };
+                wasm_job::run(&ctx, &spec, module, stop, paid).await
+            }
             SandboxKind::Vm => {
                 // The VMM reads the ISO from the image cache, not from memory.
                 drop(bytes);

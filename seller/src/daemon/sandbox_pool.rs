@@ -210,7 +210,10 @@ impl SandboxPool {
             seccomp: true,
             env: attack_env(),
         };
-        Sandbox::spawn(&spec, Some(cgroup)).map_err(|e| e.to_string())
+        inner
+            .jail
+            .start_wasm(&spec, cgroup)
+            .map_err(|e| e.to_string())
     }
 }
 

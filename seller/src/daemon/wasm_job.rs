@@ -4,6 +4,7 @@
 //! to the broker; stop it on request (SIGKILL after a grace period); reap
 //! it and name the lease's end.
 
+use super::prepared::Prepared;
 use super::sandbox_pool::{attack_env, make_scratch};
 use super::{Ctx, StopSignal};
 use crate::jail::cgroup::{CgroupLimits, LeaseCgroup};
@@ -40,31 +41,33 @@ fn failed(message: impl Into<String>) -> LeaseEnd {
     }
 }
 
+/// The lease's module, as the daemon has it.
+pub(super) enum Module {
+    /// Bytes just fetched (verified against their id), not compiled yet.
+    Fetched(Vec<u8>),
+    /// Ready from a recent lease of the same module.
+    Prepared(Arc<Prepared>),
+}
+
 /// Runs the lease's module to its end.
 pub(super) async fn run(
     ctx: &Ctx,
     spec: &LeaseSpec,
-    wasm: Vec<u8>,
+    module: Module,
     stop: Arc<StopSignal>,
     paid: watch::Receiver<u32>,
 ) -> LeaseEnd {
     // Compile (or reuse) before reporting the lease started: a module that
     // does not load costs the buyer nothing. The compiled form is made only
     // here, never in a sandbox, and handed to the child.
-    let runtime = ctx.runtime.clone();
-    let id_hex = spec.image.hex();
-    let wasm = Arc::new(wasm);
-    let bytes = wasm.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let module = runtime.load(&id_hex, &bytes)?;
-        runtime.compiled_bytes(&module)
-    })
-    .await;
-    let compiled = match loaded {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return failed(e.to_string()),
-        Err(e) => return failed(format!("compile thread failed: {e}")),
+    let prepared = match module {
+        Module::Prepared(p) => p,
+        Module::Fetched(wasm) => match prepare(ctx, spec, wasm).await {
+            Ok(p) => p,
+            Err(end) => return end,
+        },
     };
+    let (wasm, compiled) = (&prepared.wasm, &prepared.compiled);
     let limits = CgroupLimits {
         guest_memory_bytes: spec.mem_mib << 20,
         cpus: spec.cpus,
@@ -91,7 +94,7 @@ pub(super) async fn run(
         None => start_sandbox(ctx, spec, limits, uid, &scratch),
     };
     let mut end = match sandbox {
-        Ok(sandbox) => supervise(ctx, spec, sandbox, &wasm, &compiled, &stop, paid).await,
+        Ok(sandbox) => supervise(ctx, spec, sandbox, wasm, compiled, &stop, paid).await,
         Err(end) => end,
     };
     // Outputs go back only from a job that ended well.
@@ -102,6 +105,28 @@ pub(super) async fn run(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     end
+}
+
+/// Compiles (or finds compiled) a fetched module and keeps it ready for
+/// the next lease of it.
+async fn prepare(ctx: &Ctx, spec: &LeaseSpec, wasm: Vec<u8>) -> Result<Arc<Prepared>, LeaseEnd> {
+    let runtime = ctx.runtime.clone();
+    let id_hex = spec.image.hex();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let module = runtime.load(&id_hex, &wasm)?;
+        let compiled = runtime.compiled_bytes(&module)?;
+        Ok::<_, crate::wasm::WasmError>(Prepared { wasm, compiled })
+    })
+    .await;
+    match loaded {
+        Ok(Ok(p)) => {
+            let p = Arc::new(p);
+            ctx.prepared.insert(&spec.image, p.clone());
+            Ok(p)
+        }
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(e) => Err(failed(format!("compile thread failed: {e}"))),
+    }
 }
 
 /// Starts a sandbox for this lease alone (none was waiting in the pool).
@@ -130,7 +155,8 @@ fn start_sandbox(
         seccomp: true,
         env: attack_env(),
     };
-    Sandbox::spawn(&spawn, Some(cgroup))
+    ctx.jail
+        .start_wasm(&spawn, cgroup)
         .map_err(|e| failed(format!("seller could not start the sandbox: {e}")))
 }
 

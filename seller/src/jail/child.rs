@@ -52,6 +52,10 @@ pub struct ChildArgs {
     /// VM mode: the daemon's listening socket for the guest NIC's frames
     /// ([`super::frame_link`]), connected before the pivot.
     pub vm_net_socket: Option<PathBuf>,
+    /// Make a network namespace of its own (only an unconfigured
+    /// loopback); off for sandboxes the zygote forks, which share the
+    /// zygote's empty one.
+    pub new_netns: bool,
 }
 
 /// Runs the sandbox; returns the process exit status.
@@ -107,7 +111,7 @@ fn outer(args: &ChildArgs) -> Result<i32, JailError> {
     }
     seccomp::prepare()?;
     let proc_dir = namespaces::host_proc()?;
-    namespaces::unshare_outer()?;
+    namespaces::unshare_outer(args.new_netns)?;
     if args.vm_iso.is_some() {
         super::vm_child::open_host_files(args)?;
     }

@@ -57,6 +57,12 @@ pub enum JailError {
         /// The daemon's pid, as passed on the command line.
         daemon: u32,
     },
+    /// the sandbox zygote failed: {reason}
+    #[error("the sandbox zygote failed: {reason}")]
+    Zygote {
+        /// What went wrong.
+        reason: String,
+    },
     /// the sandbox pipe broke: {0}
     #[error("the sandbox pipe broke: {0}")]
     Pipe(#[from] cpushare_proto::frame::FrameError),

@@ -5,7 +5,8 @@
 //! (namespaces, an empty root, an unprivileged uid, no capabilities,
 //! rlimits, SCHED_IDLE) and puts every thread under the [`seccomp`]
 //! filter of its role before it reads the job. [`verdict`] names how a
-//! lease ended; [`doctor`] tells a seller what the host lacks.
+//! lease ended; [`doctor`] tells a seller what the host lacks. Wasm
+//! sandboxes are forked by a [`zygote`] the daemon starts once.
 
 #[cfg(debug_assertions)]
 pub mod attack;
@@ -13,8 +14,10 @@ pub mod cgroup;
 pub mod child;
 pub mod doctor;
 mod error;
+pub mod fd_passing;
 pub mod frame_link;
 mod namespaces;
+pub mod pidfd_child;
 mod privileges;
 pub mod rootfs;
 pub mod seccomp;
@@ -22,5 +25,6 @@ pub mod supervisor;
 pub mod verdict;
 pub mod vm_child;
 pub mod vm_supervisor;
+pub mod zygote;
 
 pub use error::JailError;

@@ -15,13 +15,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const HOSTNAME: &[u8] = b"sandbox";
 
 /// Namespaces the outer process enters; `CLONE_NEWPID` applies to the
-/// inner process it forks next, which becomes pid 1 there.
-pub fn unshare_outer() -> Result<(), JailError> {
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET;
+/// inner process it forks next, which becomes pid 1 there. Without
+/// `new_netns` the process stays in its network namespace: one the zygote
+/// made empty for all its sandboxes ([`super::zygote`]).
+pub fn unshare_outer(new_netns: bool) -> Result<(), JailError> {
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if new_netns {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: unshare only changes this (single-threaded) process's namespaces.
     check(
         unsafe { libc::unshare(flags) },

@@ -3,15 +3,19 @@
 //! events, stop or kill it, reap it and gather the facts of its death.
 
 use super::cgroup::LeaseCgroup;
+use super::pidfd_child::PidfdChild;
 use super::seccomp::sigsys;
 use super::verdict::Death;
+use super::zygote::{ForkRequest, Zygote};
 use super::JailError;
 use cpushare_proto::frame;
 use cpushare_proto::sandbox::{FromSandbox, SandboxJob, ToSandbox, CHUNK_BYTES};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 /// First uid handed to sandboxes; each sandbox gets its own, so
@@ -49,11 +53,52 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
 }
 
+/// The sandbox's outer process: spawned by this process, or forked by
+/// the zygote into this process's family.
+#[derive(Debug)]
+enum Process {
+    Spawned(Child),
+    Forked(PidfdChild),
+}
+
+impl Process {
+    fn id(&self) -> Option<u32> {
+        match self {
+            Process::Spawned(c) => c.id(),
+            Process::Forked(c) => c.id(),
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self {
+            Process::Spawned(c) => c.try_wait(),
+            Process::Forked(c) => c.try_wait(),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Process::Spawned(c) => c.wait().await,
+            Process::Forked(c) => c.wait().await,
+        }
+    }
+
+    fn start_kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Process::Spawned(c) => c.start_kill(),
+            Process::Forked(c) => c.start_kill(),
+        }
+    }
+}
+
+/// The daemon's end of the sandbox's stdin.
+type StdinPipe = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A running sandbox process.
 #[derive(Debug)]
 pub struct Sandbox {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    child: Process,
+    stdin: Option<DebugPipe>,
     events: mpsc::Receiver<FromSandbox>,
     report: Option<tokio::task::JoinHandle<Option<i64>>>,
     cgroup: Option<LeaseCgroup>,
@@ -114,9 +159,86 @@ impl Sandbox {
             exe: spec.exe.clone(),
             source,
         })?;
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().expect("stdout was piped");
+        let stdin = child.stdin.take().expect("stdin was piped");
+        let stdout = child.stdout.take().expect("stdout was piped");
         let stderr = child.stderr.take().expect("stderr was piped");
+        Ok(Self::attach(
+            Process::Spawned(child),
+            Box::new(stdin),
+            stdout,
+            stderr,
+            cgroup,
+        ))
+    }
+
+    /// Starts a jailed wasm sandbox forked by `zygote` (see
+    /// [`super::zygote`]): the same sandbox [`Sandbox::spawn`] starts,
+    /// without the exec and in the zygote's empty network namespace. On
+    /// failure the cgroup comes back, for a spawn to use instead.
+    #[allow(clippy::result_large_err)]
+    pub fn fork(
+        zygote: &Zygote,
+        spec: &SpawnSpec,
+        cgroup: Option<LeaseCgroup>,
+    ) -> Result<Sandbox, (JailError, Option<LeaseCgroup>)> {
+        let pipe_error = |source| JailError::Syscall {
+            step: "pipe for a sandbox",
+            source,
+        };
+        let pipes = (|| Ok::<_, std::io::Error>((pipe()?, pipe()?, pipe()?)))();
+        let ((stdin_r, stdin_w), (stdout_r, stdout_w), (stderr_r, stderr_w)) = match pipes {
+            Ok(p) => p,
+            Err(e) => return Err((pipe_error(e), cgroup)),
+        };
+        let req = ForkRequest {
+            uid: spec.uid,
+            root: spec.jail_root.clone(),
+            scratch: spec.scratch.clone(),
+            max_memory_bytes: spec.max_memory_bytes,
+            seccomp: spec.seccomp,
+            cgroup_procs: cgroup.iter().flat_map(|cg| cg.procs_paths()).collect(),
+            env: spec.env.clone(),
+        };
+        let forked = match zygote.fork(&req, [stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()])
+        {
+            Ok(f) => f,
+            Err(e) => return Err((e, cgroup)),
+        };
+        // The sandbox holds its ends now.
+        drop((stdin_r, stdout_w, stderr_w));
+        // Dropped on a failure below, the child is killed and reaped.
+        let child = match PidfdChild::new(forked.pid, forked.pidfd) {
+            Ok(c) => c,
+            Err(e) => return Err((pipe_error(e), cgroup)),
+        };
+        use tokio::net::unix::pipe as tpipe;
+        let ends = (|| {
+            Ok::<_, std::io::Error>((
+                tpipe::Sender::from_owned_fd(stdin_w)?,
+                tpipe::Receiver::from_owned_fd(stdout_r)?,
+                tpipe::Receiver::from_owned_fd(stderr_r)?,
+            ))
+        })();
+        match ends {
+            Ok((stdin, stdout, stderr)) => Ok(Self::attach(
+                Process::Forked(child),
+                Box::new(stdin),
+                stdout,
+                stderr,
+                cgroup,
+            )),
+            Err(e) => Err((pipe_error(e), cgroup)),
+        }
+    }
+
+    /// Starts the readers of a new sandbox's stdout and stderr.
+    fn attach(
+        child: Process,
+        stdin: StdinPipe,
+        mut stdout: impl AsyncRead + Send + Unpin + 'static,
+        stderr: impl AsyncRead + Send + Unpin + 'static,
+        cgroup: Option<LeaseCgroup>,
+    ) -> Sandbox {
         let (tx, events) = mpsc::channel(64);
         tokio::spawn(async move {
             // A read error means the sandbox died mid-frame; its death
@@ -128,15 +250,15 @@ impl Sandbox {
             }
         });
         let report = tokio::spawn(read_stderr(stderr, child.id().unwrap_or(0)));
-        Ok(Sandbox {
+        Sandbox {
             child,
-            stdin,
+            stdin: Some(DebugPipe(stdin)),
             events,
             report: Some(report),
             cgroup,
             stopped: false,
             ready: false,
-        })
+        }
     }
 
     /// Whether the sandbox process is still running.
@@ -167,7 +289,7 @@ impl Sandbox {
 
     async fn send(&mut self, msg: &ToSandbox) -> Result<(), JailError> {
         match self.stdin.as_mut() {
-            Some(w) => Ok(frame::write(w, msg).await?),
+            Some(w) => Ok(frame::write(&mut w.0, msg).await?),
             None => Ok(()),
         }
     }
@@ -249,6 +371,26 @@ impl Sandbox {
             stopped: self.stopped,
         }
     }
+}
+
+/// The stdin pipe, printable (the boxed writer is not).
+struct DebugPipe(StdinPipe);
+
+impl std::fmt::Debug for DebugPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StdinPipe")
+    }
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for both descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// How long reaping waits for the sandbox's stderr to close.

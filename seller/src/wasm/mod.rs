@@ -12,7 +12,7 @@ mod clock;
 mod error;
 mod job;
 mod limiter;
-mod module_lru;
+pub(crate) mod module_lru;
 mod output;
 mod runtime;
 pub mod shares;

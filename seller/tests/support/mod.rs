@@ -61,6 +61,14 @@ impl TestHost {
         }
     }
 
+    /// The seller binary sandboxes are started from
+    /// (`CPUSHARE_TEST_SANDBOX_EXE` overrides it).
+    pub fn lease_exe(&self) -> PathBuf {
+        std::env::var_os("CPUSHARE_TEST_SANDBOX_EXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cpushare-seller")))
+    }
+
     /// The home directory.
     pub fn home(&self) -> &Path {
         self.home.path()
@@ -97,9 +105,7 @@ impl TestHost {
         std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700)).unwrap();
         let cgroup = LeaseCgroup::create(&self.cgroups, &name, limits).unwrap();
         let spec = SpawnSpec {
-            exe: std::env::var_os("CPUSHARE_TEST_SANDBOX_EXE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cpushare-seller"))),
+            exe: self.lease_exe(),
             jail_root: self.home().join("jail"),
             scratch,
             uid,
