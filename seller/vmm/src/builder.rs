@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{boot, layout, mptable, regs::RegsError};
 use crate::confine::VmmThread;
-use crate::devices::bus::Bus;
+use crate::devices::bus::{Bus, SerialCoalescing};
 use crate::devices::frame_socket::{self, FrameSocket};
 use crate::devices::pci::PciRoot;
 use crate::devices::serial;
@@ -23,6 +23,7 @@ use crate::devices::virtio::block::{Block, FileDisk};
 use crate::devices::virtio::net::{Net, NetConfigError, NetCounters, NetStats, VirtioPciNet};
 use crate::devices::virtio::pci::{VirtioPciBlock, BAR_SIZE};
 use crate::iso::{self, IsoError, IsoReader};
+use crate::vstate::coalesced::CoalescedRing;
 use crate::vstate::vcpu::{self, VcpuError, VcpuOutcome};
 use crate::vstate::{memory, vm};
 
@@ -213,7 +214,9 @@ fn kick(threads: &Mutex<Vec<libc::pthread_t>>) {
 /// A VM ready to run.
 pub struct Vm {
     kvm: kvm_ioctls::Kvm,
-    vmfd: kvm_ioctls::VmFd,
+    vmfd: Arc<kvm_ioctls::VmFd>,
+    /// Whether COM1 transmit writes are coalesced (see [`Bus::coalesced`]).
+    serial_coalesced: bool,
     mem: vm_memory::GuestMemoryMmap,
     cfg_vcpus: u8,
     entry: crate::arch::x86_64::regs::EntryMode,
@@ -313,7 +316,7 @@ impl Vm {
             &cfg.cmdline,
         )?;
         drop((kernel, initrd));
-        let (kvm, vmfd) = match files.kvm {
+        let created = match files.kvm {
             // SAFETY: the caller opened this file on /dev/kvm and gives up
             // its ownership here.
             Some(f) => vm::create_with(
@@ -322,6 +325,7 @@ impl Vm {
             )?,
             None => vm::create(&mem)?,
         };
+        let (kvm, vmfd) = (created.kvm, Arc::new(created.vm));
         let mut disk_ro_file = files.disk_ro;
 
         let irqfd = |irq: u32| -> Result<EventFd, VmmError> {
@@ -400,10 +404,15 @@ impl Vm {
         Ok(Self {
             kvm,
             vmfd,
+            serial_coalesced: created.serial_coalesced,
             mem,
             cfg_vcpus: cfg.vcpus,
             entry: loaded.entry,
-            bus: Arc::new(Mutex::new(Bus { serial, pci })),
+            bus: Arc::new(Mutex::new(Bus {
+                serial,
+                pci,
+                coalesced: None,
+            })),
             console_in,
             handle: VmHandle {
                 stop: Arc::new(AtomicBool::new(false)),
@@ -443,16 +452,18 @@ impl Vm {
         let (tx, rx) = mpsc::channel::<Result<VcpuOutcome, VcpuError>>();
         let mut joins = Vec::new();
         let mut vcpus = Vec::new();
+        let supported = vm::supported_cpuid(&self.kvm)?;
         for id in 0..self.cfg_vcpus {
             vcpus.push(vcpu::create(
-                &self.kvm,
                 &self.vmfd,
+                &supported,
                 &self.mem,
                 id,
                 self.cfg_vcpus,
                 self.entry,
             )?);
         }
+        self.start_coalescing(&vcpus)?;
         for (id, mut fd) in vcpus.into_iter().enumerate() {
             let bus = self.bus.clone();
             let stop = self.handle.stop.clone();
@@ -501,7 +512,7 @@ impl Vm {
         crate::confine::enter(VmmThread::Control);
 
         // The first vCPU to finish decides the outcome; the rest are kicked.
-        let first = rx.recv().unwrap_or(Ok(VcpuOutcome::Stopped));
+        let first = self.wait_first(&rx);
         self.handle.stop.store(true, Ordering::Release);
         let pending = joins.len().saturating_sub(1);
         self.stop_and_join(joins, &rx, pending);
@@ -519,7 +530,59 @@ impl Vm {
     }
 }
 
+/// How long coalesced console output may wait for a vCPU exit before the
+/// vCPUs are kicked to replay it (a guest that prints, then computes).
+const COALESCED_FLUSH_PERIOD: Duration = Duration::from_millis(10);
+
 impl Vm {
+    /// Hands the coalesced ring to the bus, mapped through the first vCPU;
+    /// if it cannot be mapped, removes the zone so writes exit again.
+    fn start_coalescing(&self, vcpus: &[kvm_ioctls::VcpuFd]) -> Result<(), VmmError> {
+        if !self.serial_coalesced {
+            return Ok(());
+        }
+        let ring = match vcpus.first().map(CoalescedRing::map) {
+            Some(Ok(ring)) => ring,
+            _ => {
+                let zone = kvm_ioctls::IoEventAddress::Pio(u64::from(serial::COM1_PORT));
+                return self
+                    .vmfd
+                    .unregister_coalesced_mmio(zone, 1)
+                    .map_err(|source| {
+                        VmmError::Vm(vm::VmError::Kvm {
+                            what: "KVM_UNREGISTER_COALESCED_MMIO",
+                            source,
+                        })
+                    });
+            }
+        };
+        lock_bus(&self.bus).coalesced = Some(SerialCoalescing::new(ring, self.vmfd.clone()));
+        Ok(())
+    }
+
+    /// Waits for the first vCPU to end. Meanwhile, while console writes
+    /// are coalesced, kicks the vCPUs when some wait, so that output a
+    /// guest printed before a long computation without exits shows.
+    fn wait_first(
+        &self,
+        done: &mpsc::Receiver<Result<VcpuOutcome, VcpuError>>,
+    ) -> Result<VcpuOutcome, VcpuError> {
+        loop {
+            if !lock_bus(&self.bus).coalescing() {
+                return done.recv().unwrap_or(Ok(VcpuOutcome::Stopped));
+            }
+            match done.recv_timeout(COALESCED_FLUSH_PERIOD) {
+                Ok(r) => return r,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(VcpuOutcome::Stopped),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if lock_bus(&self.bus).coalesced_pending() {
+                        kick(&self.handle.threads);
+                    }
+                }
+            }
+        }
+    }
+
     /// Kicks the vCPU threads until the `pending` ones that have not yet
     /// reported on `done` have left their run loop (the stop flag must
     /// already be set), then joins them all. Each thread reports as its
@@ -549,6 +612,12 @@ impl Vm {
             let _ = j.join();
         }
     }
+}
+
+/// Locks the bus; see [`vcpu::run`] on why a poisoned lock is still used.
+fn lock_bus(bus: &Mutex<Bus>) -> std::sync::MutexGuard<'_, Bus> {
+    bus.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The network device's receive side: frames from the socket into the

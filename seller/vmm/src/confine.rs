@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_cpuid2, kvm_fpu, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, KVMIO,
+    kvm_coalesced_mmio_zone, kvm_cpuid2, kvm_fpu, kvm_irqfd, kvm_lapic_state, kvm_msrs,
+    kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVMIO,
 };
 
 /// What a VMM thread does.
@@ -48,12 +48,24 @@ const NONE: u64 = 0;
 const WRITE: u64 = 1;
 const READ: u64 = 2;
 
-/// `KVM_RUN`, the only ioctl of a vCPU thread.
+/// `KVM_RUN`, what a vCPU thread does.
 pub const KVM_RUN: u64 = ioc(NONE, 0x80, 0);
 
-/// KVM ioctls a vCPU thread issues, by name.
+/// `KVM_UNREGISTER_COALESCED_MMIO`, on the VM fd.
+const KVM_UNREGISTER_COALESCED_MMIO: u64 =
+    ioc(WRITE, 0x68, std::mem::size_of::<kvm_coalesced_mmio_zone>());
+
+/// KVM ioctls a vCPU thread issues, by name: `KVM_RUN`, and once, on the
+/// exit where the guest first enables a UART interrupt, the removal of
+/// the coalesced console zone (see [`crate::devices::bus::SerialCoalescing`]).
 pub fn vcpu_ioctls() -> Vec<(&'static str, u64)> {
-    vec![("KVM_RUN", KVM_RUN)]
+    vec![
+        ("KVM_RUN", KVM_RUN),
+        (
+            "KVM_UNREGISTER_COALESCED_MMIO",
+            KVM_UNREGISTER_COALESCED_MMIO,
+        ),
+    ]
 }
 
 /// KVM ioctls issued while building a VM (on the `/dev/kvm`, VM and vCPU
@@ -74,6 +86,10 @@ pub fn setup_ioctls() -> Vec<(&'static str, u64)> {
         ),
         ("KVM_SET_TSS_ADDR", ioc(NONE, 0x47, 0)),
         ("KVM_CREATE_IRQCHIP", ioc(NONE, 0x60, 0)),
+        (
+            "KVM_REGISTER_COALESCED_MMIO",
+            ioc(WRITE, 0x67, size_of::<kvm_coalesced_mmio_zone>()),
+        ),
         ("KVM_IRQFD", ioc(WRITE, 0x76, size_of::<kvm_irqfd>())),
         (
             "KVM_CREATE_PIT2",
@@ -117,5 +133,7 @@ mod tests {
         assert_eq!(find("KVM_IRQFD"), 0x4020_ae76);
         assert_eq!(find("KVM_GET_LAPIC"), 0x8400_ae8e);
         assert_eq!(find("KVM_SET_MSRS"), 0x4008_ae89);
+        assert_eq!(find("KVM_REGISTER_COALESCED_MMIO"), 0x4010_ae67);
+        assert_eq!(vcpu_ioctls()[1].1, 0x4010_ae68);
     }
 }

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cpushare_vmm::{from_iso, Payload, Vm, VmConfig, VmExit, VmmError};
 use support::{fnv1a, guest_elf, require_kvm, Sink};
@@ -145,6 +145,39 @@ fn stop_handle_ends_a_spinning_guest() {
     });
     assert_eq!(vm.run().unwrap(), VmExit::Stopped);
     t.join().unwrap();
+}
+
+/// KVM queues the console's transmit writes instead of exiting: what a
+/// guest prints just before a long computation without exits must still
+/// show while it computes, not only when the VM ends.
+#[test]
+fn output_before_a_long_exitless_computation_shows_while_it_runs() {
+    require_kvm();
+    let sink = Sink::default();
+    let vm = Vm::new(
+        config("hello spin 1000000000000"),
+        Box::new(sink.clone()),
+        None,
+    )
+    .unwrap();
+    let h = vm.handle();
+    let watcher = sink.clone();
+    let t = std::thread::spawn(move || {
+        // A generous bound: the VMM replays queued output within ~10 ms.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !watcher.text().ends_with("guest\r\n") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = watcher.text();
+        h.stop();
+        seen
+    });
+    assert_eq!(vm.run().unwrap(), VmExit::Stopped);
+    let seen = t.join().unwrap();
+    assert_eq!(
+        seen, "hello from cpushare test guest\r\n",
+        "console while the guest spins"
+    );
 }
 
 #[test]

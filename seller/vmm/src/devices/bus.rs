@@ -1,10 +1,24 @@
 //! Routes vCPU port and MMIO exits to the device models, and turns what
 //! the guest asks for (power off, reset) into [`BusEvent`]s.
 
+use std::sync::Arc;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+
 use super::pci::root::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::pci::PciRoot;
 use super::serial::{Console, COM1_LEN, COM1_PORT};
 use super::{debug_exit, i8042};
+use crate::vstate::coalesced::CoalescedRing;
+
+/// UART register offsets and bits that decide whether COM1's transmit
+/// writes may be coalesced.
+const UART_IER: u16 = 1;
+const UART_LCR: u8 = 3;
+const UART_MCR: u16 = 4;
+const LCR_DLAB: u8 = 0x80;
+const IER_ANY: u8 = 0x0f;
+const MCR_LOOP: u8 = 0x10;
 
 /// What the guest asked of the machine through a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,17 +29,77 @@ pub enum BusEvent {
     Reset,
 }
 
+/// COM1's transmit register taken without exits: KVM queues the guest's
+/// writes to it in the coalesced ring (see [`crate::vstate::coalesced`])
+/// and the bus replays them on the UART before each exit it handles.
+///
+/// Only while the guest polls the UART: a transmit write then raises no
+/// interrupt and the guest reads the line status (an exit, so a replay)
+/// before its next byte. The first time it enables a UART interrupt or
+/// loopback, the bus replays what is queued and removes the zone, so an
+/// interrupt-driven driver sees every write at once, as before.
+pub struct SerialCoalescing {
+    ring: CoalescedRing,
+    vm: Arc<VmFd>,
+}
+
+impl SerialCoalescing {
+    /// Coalescing over `ring`, for the zone registered on `vm` by
+    /// [`crate::vstate::vm::coalesce_serial_output`].
+    pub fn new(ring: CoalescedRing, vm: Arc<VmFd>) -> Self {
+        Self { ring, vm }
+    }
+}
+
 /// All devices on the guest's buses.
 pub struct Bus {
     /// COM1.
     pub serial: Console,
     /// PCI bus 0.
     pub pci: PciRoot,
+    /// COM1 transmit writes queued by KVM, while the guest polls the UART.
+    pub coalesced: Option<SerialCoalescing>,
 }
 
 impl Bus {
+    /// Replays on COM1 the transmit writes KVM queued since the last call.
+    /// Every bus access starts with it, so the devices see the guest's
+    /// writes in order.
+    pub fn flush_coalesced(&mut self) {
+        if let Some(c) = self.coalesced.as_mut() {
+            replay(&mut c.ring, &mut self.serial);
+        }
+    }
+
+    /// Whether COM1 writes are being coalesced.
+    pub fn coalescing(&self) -> bool {
+        self.coalesced.is_some()
+    }
+
+    /// Whether queued writes wait for [`Bus::flush_coalesced`].
+    pub fn coalesced_pending(&self) -> bool {
+        self.coalesced.as_ref().is_some_and(|c| c.ring.pending())
+    }
+
+    /// Ends coalescing for good: replays the queue, removes the zone, and
+    /// replays what other vCPUs queued meanwhile. If KVM refuses, writes
+    /// keep being queued and replayed (late, but none lost).
+    fn stop_coalescing(&mut self) {
+        let Some(mut c) = self.coalesced.take() else {
+            return;
+        };
+        replay(&mut c.ring, &mut self.serial);
+        let zone = IoEventAddress::Pio(u64::from(COM1_PORT));
+        if c.vm.unregister_coalesced_mmio(zone, 1).is_err() {
+            self.coalesced = Some(c);
+            return;
+        }
+        replay(&mut c.ring, &mut self.serial);
+    }
+
     /// Port read. Unclaimed ports read as all ones, like an empty ISA bus.
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        self.flush_coalesced();
         match port {
             p if (COM1_PORT..COM1_PORT + COM1_LEN).contains(&p) && data.len() == 1 => {
                 data[0] = self.serial.read((p - COM1_PORT) as u8);
@@ -38,10 +112,18 @@ impl Bus {
 
     /// Port write.
     pub fn pio_write(&mut self, port: u16, data: &[u8]) -> Option<BusEvent> {
+        self.flush_coalesced();
         match port {
             p if (COM1_PORT..COM1_PORT + COM1_LEN).contains(&p) && data.len() == 1 => {
+                let off = p - COM1_PORT;
+                let dlab = self.serial.read(UART_LCR) & LCR_DLAB != 0;
                 // A failing console sink must not stop the guest.
-                let _ = self.serial.write((p - COM1_PORT) as u8, data[0]);
+                let _ = self.serial.write(off as u8, data[0]);
+                let interrupts = off == UART_IER && !dlab && data[0] & IER_ANY != 0;
+                let loopback = off == UART_MCR && data[0] & MCR_LOOP != 0;
+                if (interrupts || loopback) && self.coalesced.is_some() {
+                    self.stop_coalescing();
+                }
             }
             i8042::DATA_PORT | i8042::COMMAND_PORT
                 if data.len() == 1 && i8042::write(port, data[0]) == i8042::I8042Action::Reset =>
@@ -59,6 +141,7 @@ impl Bus {
 
     /// MMIO read; unclaimed addresses read as all ones.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.flush_coalesced();
         if !self.pci.mmio_read(addr, data) {
             data.fill(0xff);
         }
@@ -66,8 +149,18 @@ impl Bus {
 
     /// MMIO write; unclaimed writes are dropped.
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        self.flush_coalesced();
         let _ = self.pci.mmio_write(addr, data);
     }
+}
+
+/// Writes the queued COM1 transmit bytes to the UART.
+fn replay(ring: &mut CoalescedRing, serial: &mut Console) {
+    ring.drain(|w| {
+        if w.pio && w.addr == u64::from(COM1_PORT) && w.len == 1 {
+            let _ = serial.write(0, w.data[0]);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -80,6 +173,7 @@ mod tests {
         Bus {
             serial: super::super::serial::console(irq, Box::new(std::io::sink())),
             pci: PciRoot::new(),
+            coalesced: None,
         }
     }
 
@@ -117,6 +211,48 @@ mod tests {
         assert_eq!(u32::from_le_bytes(d), 0x8000_0000);
         b.pio_read(0xcfc, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x0008_1b36);
+    }
+
+    /// A bus whose COM1 transmit writes are coalesced on a real KVM VM;
+    /// `None` without `/dev/kvm`.
+    fn coalescing_bus() -> Option<Bus> {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("skipped: no /dev/kvm");
+            return None;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        assert!(crate::vstate::vm::coalesce_serial_output(&vm));
+        let vcpu = vm.create_vcpu(0).unwrap();
+        let ring = CoalescedRing::map(&vcpu).unwrap();
+        let mut b = bus();
+        b.coalesced = Some(SerialCoalescing::new(ring, vm));
+        Some(b)
+    }
+
+    #[test]
+    fn enabling_a_uart_interrupt_ends_coalescing() {
+        let Some(mut b) = coalescing_bus() else {
+            return;
+        };
+        assert!(!b.coalesced_pending());
+        b.pio_write(0x3fb, &[0x80]); // DLAB on: offset 1 is the divisor
+        b.pio_write(0x3f9, &[0x01]);
+        b.pio_write(0x3fb, &[0x03]); // DLAB off
+        b.pio_write(0x3f9, &[0x00]);
+        assert!(b.coalescing(), "no interrupt enabled yet");
+        b.pio_write(0x3f9, &[0x02]); // THR-empty interrupt
+        assert!(!b.coalescing());
+    }
+
+    #[test]
+    fn uart_loopback_ends_coalescing() {
+        let Some(mut b) = coalescing_bus() else {
+            return;
+        };
+        b.pio_write(0x3fc, &[0x0b]);
+        assert!(b.coalescing());
+        b.pio_write(0x3fc, &[0x1b]);
+        assert!(!b.coalescing());
     }
 
     #[test]

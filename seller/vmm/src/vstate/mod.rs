@@ -1,5 +1,7 @@
-//! KVM state: guest memory, the VM (irqchip, PIT) and vCPUs.
+//! KVM state: guest memory, the VM (irqchip, PIT), vCPUs, and the
+//! coalesced write ring.
 
+pub mod coalesced;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{CpuId, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::regs::{self, EntryMode};
@@ -89,11 +89,14 @@ pub enum VcpuOutcome {
     Stopped,
 }
 
-/// Creates vCPU `id` of `count` and gives it its boot state; only the boot
-/// vCPU (0) gets `entry`, the others wait for INIT/SIPI in the LAPIC.
+/// Creates vCPU `id` of `count` and gives it its boot state: `supported`
+/// (what KVM offers, read once per VM by
+/// [`supported_cpuid`](crate::vstate::vm::supported_cpuid)) filtered for
+/// this vCPU, MSRs, LAPIC; only the boot vCPU (0) gets `entry`, the others
+/// wait for INIT/SIPI in the LAPIC.
 pub fn create(
-    kvm: &Kvm,
     vm: &VmFd,
+    supported: &CpuId,
     mem: &GuestMemoryMmap,
     id: u8,
     count: u8,
@@ -103,9 +106,7 @@ pub fn create(
     let vcpu = vm
         .create_vcpu(u64::from(id))
         .map_err(e("KVM_CREATE_VCPU"))?;
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(e("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut cpuid = supported.clone();
     cpuid::filter_entries(cpuid.as_mut_slice(), id, count);
     vcpu.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
 
@@ -149,7 +150,20 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char], off: usize, mode: u32) {
 }
 
 /// Runs a vCPU until the guest powers off, resets, faults, or `stop` is set.
+/// Console writes KVM queued are replayed at each exit (by the bus), when
+/// the thread is kicked, and once more when it ends.
 pub fn run(
+    id: u8,
+    vcpu: &mut VcpuFd,
+    bus: &Mutex<Bus>,
+    stop: &AtomicBool,
+) -> Result<VcpuOutcome, VcpuError> {
+    let r = run_loop(id, vcpu, bus, stop);
+    lock(bus).flush_coalesced();
+    r
+}
+
+fn run_loop(
     id: u8,
     vcpu: &mut VcpuFd,
     bus: &Mutex<Bus>,
@@ -193,7 +207,9 @@ pub fn run(
                     })
                 }
             },
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                lock(bus).flush_coalesced();
+            }
             Err(source) => {
                 return Err(VcpuError::Kvm {
                     id,

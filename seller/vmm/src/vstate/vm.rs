@@ -1,10 +1,14 @@
 //! The KVM VM: memory slots, in-kernel irqchip (PIC + IOAPIC), PIT.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout;
+use crate::devices::serial::COM1_PORT;
 
 /// Errors setting up the VM.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +31,42 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
+/// A new VM.
+pub struct Created {
+    /// The `/dev/kvm` handle.
+    pub kvm: Kvm,
+    /// The VM.
+    pub vm: VmFd,
+    /// Whether [`coalesce_serial_output`] took effect: the guest's COM1
+    /// transmit writes then wait in the coalesced ring.
+    pub serial_coalesced: bool,
+}
+
 /// Opens KVM and creates a VM with irqchip, PIT and `mem` mapped.
-pub fn create(mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
+pub fn create(mem: &GuestMemoryMmap) -> Result<Created, VmError> {
     create_with(Kvm::new().map_err(VmError::OpenKvm)?, mem)
+}
+
+/// The CPUID entries KVM supports on this host, the base of every vCPU's
+/// CPUID (read once per VM: each read runs the host's CPUID instruction
+/// for every leaf, which traps when the host is itself a VM).
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// Asks KVM to queue the guest's 1-byte writes to COM1's transmit register
+/// in the coalesced ring instead of exiting (`KVM_CAP_COALESCED_PIO`);
+/// false if this KVM cannot. The caller must then drain the ring (see
+/// [`crate::devices::bus::SerialCoalescing`]).
+pub fn coalesce_serial_output(vm: &VmFd) -> bool {
+    vm.register_coalesced_mmio(IoEventAddress::Pio(u64::from(COM1_PORT)), 1)
+        .is_ok()
 }
 
 /// Creates a VM with irqchip, PIT and `mem` mapped on an already open
 /// `/dev/kvm` (a confined VMM cannot open it by path).
-pub fn create_with(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmError> {
+pub fn create_with(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<Created, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -45,6 +77,7 @@ pub fn create_with(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmErr
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    let serial_coalesced = coalesce_serial_output(&vm);
     for (slot, region) in mem.iter().enumerate() {
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -57,5 +90,9 @@ pub fn create_with(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<(Kvm, VmFd), VmErr
         // keeps alive for as long as the VM runs (it is moved into `Vm`).
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok((kvm, vm))
+    Ok(Created {
+        kvm,
+        vm,
+        serial_coalesced,
+    })
 }
