@@ -2,13 +2,18 @@
 //!
 //! Every file is named by the SHA-256 of its bytes and is checked against
 //! that name again on every read: a disk that flips a bit, or anyone who
-//! edits the directory, costs a re-download, never a wrong image.
+//! edits the directory, costs a re-download, never a wrong image. Large
+//! images (a VM's ISO) are never read whole: [`ImageCache::verify`] hashes
+//! the file by streaming, once per run while it stays unchanged.
 
 use cpushare_proto::id::ContentId;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// Why the cache refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum CacheError {
 pub struct ImageCache {
     dir: PathBuf,
     temp_seq: AtomicU64,
+    /// Files [`ImageCache::verify`] hashed, with their size and mtime then.
+    verified: Mutex<HashMap<ContentId, (u64, SystemTime)>>,
 }
 
 impl ImageCache {
@@ -47,6 +54,7 @@ impl ImageCache {
         Ok(ImageCache {
             dir,
             temp_seq: AtomicU64::new(0),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -115,6 +123,45 @@ impl ImageCache {
             return Err(CacheError::HashMismatch { want: *id, got });
         }
         self.publish(tmp_path, id)
+    }
+
+    /// Whether `id` is cached and its file hashes to `id`. The file is
+    /// hashed by streaming, once per run of this cache while its size and
+    /// modification time stay the same; a corrupt file is deleted.
+    pub fn verify(&self, id: &ContentId) -> Result<bool, CacheError> {
+        let path = self.path(id);
+        let io_error = |source| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let stamp = match fs::metadata(&path) {
+            Ok(m) => (m.len(), m.modified().map_err(io_error)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error(e)),
+        };
+        if self.verified.lock().expect("verified lock").get(id) == Some(&stamp) {
+            return Ok(true);
+        }
+        if hash_file(&path).map_err(io_error)? != *id {
+            tracing::warn!(path = %path.display(), "cached file is corrupt; deleting it");
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(e)),
+            }
+            return Ok(false);
+        }
+        self.verified
+            .lock()
+            .expect("verified lock")
+            .insert(*id, stamp);
+        Ok(true)
+    }
+
+    /// Where a download of `id` is written before [`ImageCache::put_file`]
+    /// checks and publishes it (inside the cache, so the rename is atomic).
+    pub fn download_path(&self, id: &ContentId) -> PathBuf {
+        self.temp_path(id)
     }
 
     /// A fresh temporary file name inside the cache directory, so that the
@@ -214,6 +261,21 @@ mod tests {
             Err(CacheError::HashMismatch { .. })
         ));
         assert!(!tmp.exists());
+        assert!(!cache.path(&id).exists());
+    }
+
+    #[test]
+    fn verify_hashes_a_file_once_and_notices_a_change() {
+        let (_dir, cache) = cache();
+        let bytes = vec![9u8; 3 << 20];
+        let id = ContentId::of(&bytes);
+        assert!(!cache.verify(&id).unwrap(), "absent");
+        cache.put(&id, &bytes).unwrap();
+        assert!(cache.verify(&id).unwrap());
+        assert!(cache.verify(&id).unwrap(), "again, from the memo");
+        // Changed on disk (another size): hashed again, found corrupt, removed.
+        fs::write(cache.path(&id), b"tampered").unwrap();
+        assert!(!cache.verify(&id).unwrap());
         assert!(!cache.path(&id).exists());
     }
 

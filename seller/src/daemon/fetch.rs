@@ -23,7 +23,13 @@ pub async fn image(
     if len > MAX_IMAGE {
         return Err(format!("image is {len} bytes, over the {MAX_IMAGE} limit"));
     }
-    let bytes = download(conn, id, len).await.map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    download(conn, id, len, |d| {
+        bytes.extend_from_slice(d);
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let got = ContentId::of(&bytes);
     if got != id {
         return Err(format!("image from the broker hashes to {got}, not {id}"));
@@ -34,11 +40,53 @@ pub async fn image(
     Ok(bytes)
 }
 
+/// Makes sure image `id` (`len` bytes) is in the cache, verified, without
+/// holding it in memory: a VM's ISO may be gigabytes. A cached file is
+/// hashed once per daemon run (and again if it changes); a missing one is
+/// downloaded straight into the cache's directory and hashed there.
+pub async fn image_file(
+    conn: &quinn::Connection,
+    cache: &ImageCache,
+    id: ContentId,
+    len: u64,
+) -> Result<(), String> {
+    match cache.verify(&id) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("image cache: {e}"),
+    }
+    if len > MAX_IMAGE {
+        return Err(format!("image is {len} bytes, over the {MAX_IMAGE} limit"));
+    }
+    let tmp = cache.download_path(&id);
+    let written = async {
+        let mut file = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+        download(conn, id, len, |d| std::io::Write::write_all(&mut file, d))
+            .await
+            .map_err(|e| e.to_string())?;
+        file.sync_all().map_err(|e| e.to_string())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    cache.put_file(&id, &tmp).map_err(|e| match e {
+        crate::cache::CacheError::HashMismatch { got, .. } => {
+            format!("image from the broker hashes to {got}, not {id}")
+        }
+        other => other.to_string(),
+    })
+}
+
+/// Streams image `id` from the broker into `sink`, checking it is exactly
+/// `len` bytes.
 async fn download(
     conn: &quinn::Connection,
     id: ContentId,
     len: u64,
-) -> Result<Vec<u8>, ClientError> {
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<(), ClientError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
@@ -56,11 +104,12 @@ async fn download(
             "broker offers {total} bytes of {id}, the lease says {len}"
         )));
     }
-    let mut bytes = Vec::with_capacity(len as usize);
+    let mut got = 0u64;
     while let Some(msg) = frame::read::<Response, _>(&mut recv).await? {
         match msg {
-            Response::Data(d) if bytes.len() as u64 + d.len() as u64 <= len => {
-                bytes.extend_from_slice(&d)
+            Response::Data(d) if got + d.len() as u64 <= len => {
+                sink(&d).map_err(|e| ClientError::Lost(format!("storing {id}: {e}")))?;
+                got += d.len() as u64;
             }
             Response::Data(_) => {
                 return Err(ClientError::Unexpected(
@@ -70,11 +119,10 @@ async fn download(
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
-    if bytes.len() as u64 != len {
+    if got != len {
         return Err(ClientError::Lost(format!(
-            "download of {id} stopped at {} of {len} bytes",
-            bytes.len()
+            "download of {id} stopped at {got} of {len} bytes"
         )));
     }
-    Ok(bytes)
+    Ok(())
 }

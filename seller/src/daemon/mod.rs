@@ -350,9 +350,17 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
         let ready = (spec.kind == SandboxKind::Wasm)
             .then(|| ctx.prepared.get(&spec.image))
             .flatten();
-        let fetched = match &ready {
-            Some(_) => Ok(Vec::new()),
-            None => fetch::image(&ctx.conn, &ctx.cache, spec.image, spec.image_len).await,
+        let fetched = match (&ready, spec.kind) {
+            (Some(_), _) => Ok(Vec::new()),
+            // The VMM reads the ISO from the image cache, never from memory.
+            (None, SandboxKind::Vm) => {
+                fetch::image_file(&ctx.conn, &ctx.cache, spec.image, spec.image_len)
+                    .await
+                    .map(|()| Vec::new())
+            }
+            (None, SandboxKind::Wasm) => {
+                fetch::image(&ctx.conn, &ctx.cache, spec.image, spec.image_len).await
+            }
         };
         let event = match &fetched {
             Ok(_) => LeaseEvent::ImageReady,
@@ -372,11 +380,7 @@ fn start(ctx: &Ctx, spec: LeaseSpec) {
                 };
                 wasm_job::run(&ctx, &spec, module, stop, paid).await
             }
-            SandboxKind::Vm => {
-                // The VMM reads the ISO from the image cache, not from memory.
-                drop(bytes);
-                vm_job::run(&ctx, &spec, stop, console_rx, paid).await
-            }
+            SandboxKind::Vm => vm_job::run(&ctx, &spec, stop, console_rx, paid).await,
         };
         if let Action::Report(end) = step(&ctx.leases, &id, LeaseEvent::SandboxExited(end)) {
             report(&ctx, &id, end);
