@@ -312,7 +312,7 @@ fn run_job(runtime: &wasm::WasmRuntime, scratch: PathBuf) -> SandboxEnd {
         // SAFETY: `compiled` came from the daemon over the pipe it made,
         // produced by its own engine (`WasmRuntime::compiled_bytes`); the
         // guest has not run yet, so nothing untrusted could have written it.
-        unsafe { runtime.load_trusted(&job.image_hex, &wasm_bytes, &compiled) }
+        unsafe { runtime.load_trusted(&job.image_hex, &compiled) }
     };
     let module = match loaded {
         Ok(m) => m,

@@ -299,15 +299,19 @@ impl Sandbox {
         self.send(msg).await
     }
 
-    /// Sends the module, its compiled form (from the daemon's engine) and the job.
+    /// Sends the module's compiled form (from the daemon's engine) and the
+    /// job. The module's own bytes go only when there is no compiled form:
+    /// the sandbox then validates and compiles them itself.
     pub async fn send_job(
         &mut self,
         wasm: &[u8],
         compiled: &[u8],
         job: SandboxJob,
     ) -> Result<(), JailError> {
-        for c in wasm.chunks(CHUNK_BYTES) {
-            self.send(&ToSandbox::WasmChunk(c.to_vec())).await?;
+        if compiled.is_empty() {
+            for c in wasm.chunks(CHUNK_BYTES) {
+                self.send(&ToSandbox::WasmChunk(c.to_vec())).await?;
+            }
         }
         for c in compiled.chunks(CHUNK_BYTES) {
             self.send(&ToSandbox::CompiledChunk(c.to_vec())).await?;

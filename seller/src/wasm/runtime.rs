@@ -219,7 +219,7 @@ impl WasmRuntime {
     /// Validates `wasm` (which must hash to `id_hex`) and makes it ready to
     /// run, reusing a compiled form from memory or from this seller's disk.
     pub fn load(&self, id_hex: &str, wasm: &[u8]) -> Result<LoadedModule, WasmError> {
-        self.load_from(id_hex, wasm, None)
+        self.load_from(id_hex, wasm)
     }
 
     /// Largest guest memory this runtime's pool slots hold, bytes.
@@ -234,8 +234,10 @@ impl WasmRuntime {
     }
 
     /// Like [`WasmRuntime::load`], but the machine code comes from
-    /// `compiled` instead of this process's compiler or disk: a confined
-    /// sandbox child gets it from the daemon that started it.
+    /// `compiled` instead of this process's compiler or disk, and the
+    /// module's bytes are not needed: a confined sandbox child gets the
+    /// code from the daemon that started it, which verified and validated
+    /// the module when it compiled it.
     ///
     /// # Safety
     ///
@@ -245,18 +247,28 @@ impl WasmRuntime {
     pub unsafe fn load_trusted(
         &self,
         id_hex: &str,
-        wasm: &[u8],
         compiled: &[u8],
     ) -> Result<LoadedModule, WasmError> {
-        self.load_from(id_hex, wasm, Some(compiled))
+        let id = hex::decode(id_hex)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(ContentId)
+            .ok_or_else(|| WasmError::Invalid {
+                reason: format!("`{id_hex}` is not a content id"),
+            })?;
+        // SAFETY: `load_trusted`'s contract: these bytes are the daemon's
+        // own `Module::serialize` output; wasmtime still rejects a header
+        // from an incompatible engine.
+        let module = unsafe { Module::deserialize(&self.engine, compiled) }.map_err(|e| {
+            WasmError::Invalid {
+                reason: format!("compiled module from the daemon: {e:#}"),
+            }
+        })?;
+        self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
+        self.ready(id, module)
     }
 
-    fn load_from(
-        &self,
-        id_hex: &str,
-        wasm: &[u8],
-        compiled: Option<&[u8]>,
-    ) -> Result<LoadedModule, WasmError> {
+    fn load_from(&self, id_hex: &str, wasm: &[u8]) -> Result<LoadedModule, WasmError> {
         // Size first, so an oversized input is not even hashed.
         if wasm.len() > super::MAX_MODULE_BYTES {
             return Err(WasmError::TooLarge {
@@ -272,7 +284,19 @@ impl WasmRuntime {
                 actual,
             });
         }
-        let module = self.module_for(&actual, wasm, compiled)?;
+        let module = self.module_for(&actual, wasm)?;
+        self.ready(id, module)
+    }
+
+    /// Checks `module` has a WASI `_start` and links it.
+    fn ready(&self, id: ContentId, module: Module) -> Result<LoadedModule, WasmError> {
+        let has_start = module
+            .get_export("_start")
+            .and_then(|e| e.func().cloned())
+            .is_some_and(|f| f.params().len() == 0 && f.results().len() == 0);
+        if !has_start {
+            return Err(WasmError::NoStart);
+        }
         let pre = self
             .linker
             .instantiate_pre(&module)
@@ -280,7 +304,7 @@ impl WasmRuntime {
                 reason: format!("{e:#}"),
             })?;
         Ok(LoadedModule {
-            id_hex: actual,
+            id_hex: id.hex(),
             name: id.short(),
             pre,
         })
@@ -331,29 +355,13 @@ impl WasmRuntime {
         }
     }
 
-    fn module_for(
-        &self,
-        id_hex: &str,
-        wasm: &[u8],
-        compiled: Option<&[u8]>,
-    ) -> Result<Module, WasmError> {
+    fn module_for(&self, id_hex: &str, wasm: &[u8]) -> Result<Module, WasmError> {
         if let Some(module) = self.lru().get(id_hex) {
             self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(module);
         }
         check_module(wasm, |name| self.provided.contains(name))?;
-        let trusted = match compiled {
-            // SAFETY: `load_trusted`'s contract: these bytes are the
-            // daemon's own `Module::serialize` output; wasmtime still
-            // rejects a header from an incompatible engine.
-            Some(bytes) => Some(unsafe { Module::deserialize(&self.engine, bytes) }.map_err(
-                |e| WasmError::Invalid {
-                    reason: format!("compiled module from the daemon: {e:#}"),
-                },
-            )?),
-            None => self.artifacts.load(&self.engine, id_hex),
-        };
-        let module = match trusted {
+        let module = match self.artifacts.load(&self.engine, id_hex) {
             Some(module) => {
                 self.loaded_from_disk.fetch_add(1, Ordering::Relaxed);
                 module
@@ -370,13 +378,6 @@ impl WasmRuntime {
                 module
             }
         };
-        let has_start = module
-            .get_export("_start")
-            .and_then(|e| e.func().cloned())
-            .is_some_and(|f| f.params().len() == 0 && f.results().len() == 0);
-        if !has_start {
-            return Err(WasmError::NoStart);
-        }
         self.lru().insert(id_hex.to_string(), module.clone());
         Ok(module)
     }
