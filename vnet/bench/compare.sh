@@ -7,12 +7,17 @@
 #
 # Usage: vnet/bench/compare.sh [seconds-per-run]   (default 5)
 # Environment: PING_INTERVAL (seconds between pings, default 0.005);
-# QUICK=1 measures only the bare veth and direct vnet (no relay, no WireGuard).
+# PING_COUNT (pings per path, default 200); QUICK=1 measures only the bare
+# veth and direct vnet (no relay, no WireGuard); NO_WG=1 skips WireGuard;
+# RTT_ONLY=1 skips iperf3.
 set -euo pipefail
 
 DUR=${1:-5}
 PING_INTERVAL=${PING_INTERVAL:-0.005}
 QUICK=${QUICK:-0}
+PING_COUNT=${PING_COUNT:-200}
+RTT_ONLY=${RTT_ONLY:-0}
+NO_WG=${NO_WG:-0}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VNET=${VNET_NODE:-$ROOT/target/release/vnet-node}
 BT=${BORINGTUN:-$(command -v boringtun-cli || echo "$HOME/.cargo/bin/boringtun-cli")}
@@ -58,7 +63,7 @@ tput_gbps() { # dst streams
         | jq -r '.end.sum_received.bits_per_second / 1e9' 2>/dev/null || echo 0
 }
 rtt_us() { # dst -> "p50/avg" in microseconds (p50 resists scheduler outliers on a busy box)
-    ip netns exec $A ping -c 200 -i "$PING_INTERVAL" -W 1 "$1" 2>/dev/null | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n \
+    ip netns exec $A ping -c "$PING_COUNT" -i "$PING_INTERVAL" -W 1 "$1" 2>/dev/null | grep -o 'time=[0-9.]*' | cut -d= -f2 | sort -n \
         | awk '{ a[NR] = $1; s += $1 } END { printf "%.0f/%.0f", a[int(NR / 2) + 1] * 1000, s / NR * 1000 }'
 }
 wait_ping() { for _ in $(seq 1 50); do ip netns exec $A ping -c1 -W1 "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; echo "no path to $1" >&2; return 1; }
@@ -66,10 +71,13 @@ wait_ping() { for _ in $(seq 1 50); do ip netns exec $A ping -c1 -W1 "$1" >/dev/
 declare -A T1 T4 RTT
 measure() { # name dst
     wait_ping "$2"
-    start_iperf_server
-    T1[$1]=$(tput_gbps "$2" 1)
-    T4[$1]=$(tput_gbps "$2" 4)
-    stop_iperf_server
+    T1[$1]=0 T4[$1]=0
+    if [ "$RTT_ONLY" != 1 ]; then
+        start_iperf_server
+        T1[$1]=$(tput_gbps "$2" 1)
+        T4[$1]=$(tput_gbps "$2" 4)
+        stop_iperf_server
+    fi
     RTT[$1]=$(rtt_us "$2")
     printf '  %-14s 1 stream %6.2f Gbit/s   4 streams %6.2f Gbit/s   rtt p50/avg %9s us\n' "$1" "${T1[$1]}" "${T4[$1]}" "${RTT[$1]}" >&2
 }
@@ -96,7 +104,7 @@ measure vnet 10.77.0.2
 kill "${PIDS[-1]}" "${PIDS[-2]}"; wait "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true; PIDS=(); sleep 0.3
 if [ "$QUICK" = 1 ]; then
     echo
-    echo "quick run: ${DUR}s iperf3 TCP per run, 200 pings every ${PING_INTERVAL}s; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "quick run: ${DUR}s iperf3 TCP per run, $PING_COUNT pings every ${PING_INTERVAL}s; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
     awk -v r="${RTT[vnet]}" -v br="${RTT[bare]}" -v t1="${T1[vnet]}" -v t4="${T4[vnet]}" \
         'BEGIN { split(r, x, "/"); split(br, y, "/"); printf "vnet - bare: %+d us p50, %+d us avg; vnet %.2f / %.2f Gbit/s (1/4 streams)\n", x[1]-y[1], x[2]-y[2], t1, t4 }'
     exit 0
@@ -117,6 +125,11 @@ sleep 1
 measure vnet-relayed 10.77.0.2
 jq -r '.peers[] | select(.address=="10.77.0.2") | "  (path to B: \(.path))"' "$TMP/10.77.0.1.status" >&2 || true
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); sleep 0.3
+if [ "$NO_WG" = 1 ]; then
+    awk -v v="${T1[vnet]}" -v r="${T1[vnet-relayed]}" -v a="${RTT[vnet]}" -v b="${RTT[bare]}" \
+        'BEGIN { split(a, x, "/"); split(b, y, "/"); printf "vnet - bare: %+d us p50; vnet %.2f Gbit/s, relayed %.2f; relayed/direct (1 stream): %.2f\n", x[1]-y[1], v, r, r/v }'
+    exit 0
+fi
 
 # ---- WireGuard implementations (same keys, MTU 1420 as wg-quick) ---------------
 wg_up() { # impl ns ifname myaddr peerpub endpoint peeraddr key port
@@ -147,7 +160,7 @@ done
 best=boringtun
 awk -v a="${T1[wireguard-go]}" -v b="${T1[boringtun]}" 'BEGIN { exit !(a > b) }' && best=wireguard-go
 echo
-echo "vnet benchmark: ${DUR}s iperf3 TCP per run, 200 pings every ${PING_INTERVAL}s; $(nproc) cores; $(uname -r); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "vnet benchmark: ${DUR}s iperf3 TCP per run, $PING_COUNT pings every ${PING_INTERVAL}s; $(nproc) cores; $(uname -r); load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-14s %10s %10s %12s %9s %9s %9s %9s\n' path "1-str Gb/s" "4-str Gb/s" "rtt p50/avg" "1s/bare" "1s/best" "4s/best" "+p50 us"
 for k in bare vnet vnet-relayed boringtun wireguard-go; do
     awk -v n="$k" -v t1="${T1[$k]}" -v t4="${T4[$k]}" -v r="${RTT[$k]}" -v b1="${T1[bare]}" -v w1="${T1[$best]}" -v w4="${T4[$best]}" -v br="${RTT[bare]}" \

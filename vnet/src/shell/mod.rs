@@ -6,7 +6,15 @@
 //! opens them, writes to the TUN) and the timer (handshakes, probes, status
 //! file). Sealing on one core while opening on the other is what lets two
 //! cores beat single-threaded userspace WireGuard.
+//!
+//! Each source is read under its own lock, so either I/O thread may drain
+//! either source in order: after moving packets a thread also takes what
+//! the other source has queued (the reply the kernel made while we wrote
+//! into the TUN) and busy polls both for an adaptive window
+//! ([`busy_poll`]), so a request/reply round trip does not wait for
+//! sleeping threads to wake.
 
+pub mod busy_poll;
 pub mod config;
 pub mod endpoints;
 pub mod frames;
@@ -68,6 +76,12 @@ struct Shared {
     gso: AtomicBool,
     /// TCP coalescing of TUN writes in use; cleared if the kernel refuses it once.
     gro_writes: AtomicBool,
+    /// Held while reading the TUN and handling what was read.
+    tun_rx: Mutex<TunRx>,
+    /// Held while reading the socket and handling what was read.
+    udp_rx: Mutex<UdpRx>,
+    /// How long the I/O threads keep polling after traffic.
+    busy: busy_poll::BusyPoll,
 }
 
 impl Shared {
@@ -276,6 +290,12 @@ pub fn run(
         stop: AtomicBool::new(false),
         gso: AtomicBool::new(gso),
         gro_writes: AtomicBool::new(true),
+        tun_rx: Mutex::new(TunRx::new(mtu)),
+        udp_rx: Mutex::new(UdpRx {
+            out: Outputs::new(),
+            rx: udp::RecvBatch::new(),
+        }),
+        busy: busy_poll::BusyPoll::new(busy_window()),
     });
     let mut threads = Vec::new();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -286,18 +306,33 @@ pub fn run(
     };
     let s = shared.clone();
     match &shared.local {
-        Local::Tun(_) => threads.push(spawn("vnet-tun", Box::new(move || tun_loop(&s, mtu)))?),
+        Local::Tun(_) => threads.push(spawn(
+            "vnet-tun",
+            Box::new(move || io_loop(&s, Source::Tun)),
+        )?),
         Local::Frames(_) => threads.push(spawn("vnet-frames", Box::new(move || frames_loop(&s)))?),
         Local::Detached => {}
     }
     let s = shared.clone();
-    threads.push(spawn("vnet-udp", Box::new(move || udp_loop(&s)))?);
+    threads.push(spawn(
+        "vnet-udp",
+        Box::new(move || io_loop(&s, Source::Udp)),
+    )?);
     let s = shared.clone();
     threads.push(spawn(
         "vnet-timer",
         Box::new(move || timer_loop(&s, status_file)),
     )?);
     Ok(Running { shared, threads })
+}
+
+/// The busy-poll window's maximum: [`busy_poll::MAX_WINDOW`], or
+/// `VNET_BUSY_POLL_US` microseconds (0 turns busy polling off).
+fn busy_window() -> Duration {
+    std::env::var("VNET_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(busy_poll::MAX_WINDOW, Duration::from_micros)
 }
 
 fn set_buffers(sock: &UdpSocket) {
@@ -321,32 +356,65 @@ fn set_buffers(sock: &UdpSocket) {
     }
 }
 
-fn tun_loop(s: &Shared, mtu: usize) {
-    let Local::Tun(tun) = &s.local else {
-        return;
-    };
-    let mut out = Outputs::new();
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(udp::BATCH);
-    // Read a little more than the MTU so oversize packets are seen (and get ICMP).
-    let max = mtu + 256;
-    let mut big: Vec<u8> = Vec::with_capacity(offload::VNET_HDR_LEN + 65_536);
-    let mut scratch = Vec::with_capacity(2048);
-    while !s.stop.load(Ordering::Relaxed) {
-        match tun.wait_readable(200) {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => return,
+/// What the thread reading the TUN keeps between batches; behind a mutex
+/// so the UDP thread may drain the TUN too (see [`io_loop`]).
+struct TunRx {
+    out: Outputs,
+    batch: Vec<Vec<u8>>,
+    big: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Largest plain read: a little more than the MTU so oversize packets
+    /// are seen (and get ICMP).
+    max: usize,
+}
+
+impl TunRx {
+    fn new(mtu: usize) -> Self {
+        Self {
+            out: Outputs::new(),
+            batch: Vec::with_capacity(udp::BATCH),
+            big: Vec::with_capacity(offload::VNET_HDR_LEN + 65_536),
+            scratch: Vec::with_capacity(2048),
+            max: mtu + 256,
         }
+    }
+}
+
+/// What the thread reading the UDP socket keeps between batches.
+struct UdpRx {
+    out: Outputs,
+    rx: udp::RecvBatch,
+}
+
+/// The two packet sources a node's I/O threads read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Tun,
+    Udp,
+}
+
+impl Shared {
+    /// Reads what the TUN has queued (without blocking), seals and sends
+    /// it; the caller holds the TUN side, so packets stay in order.
+    /// Returns whether any packet was read.
+    fn service_tun(&self, st: &mut TunRx) -> bool {
+        let Local::Tun(tun) = &self.local else {
+            return false;
+        };
+        let TunRx {
+            out,
+            batch,
+            big,
+            scratch,
+            max,
+        } = st;
         while batch.len() < udp::BATCH {
             if tun.offload() {
                 big.clear();
-                if tun
-                    .read_into(&mut big, offload::VNET_HDR_LEN + 65_536)
-                    .is_err()
-                {
+                if tun.read_into(big, offload::VNET_HDR_LEN + 65_536).is_err() {
                     break;
                 }
-                let _ = offload::split(&big, &mut scratch, |p| {
+                let _ = offload::split(big, scratch, |p| {
                     let mut buf = out.buffer();
                     buf.resize(TUN_HEADROOM, 0);
                     buf.extend_from_slice(p);
@@ -356,23 +424,117 @@ fn tun_loop(s: &Shared, mtu: usize) {
             }
             let mut buf = out.buffer();
             buf.resize(TUN_HEADROOM, 0);
-            match tun.read_into(&mut buf, max) {
+            match tun.read_into(&mut buf, *max) {
                 Ok(_) => batch.push(buf),
                 Err(_) => break,
             }
         }
         if batch.is_empty() {
-            continue;
+            return false;
         }
         let now = Instant::now();
         {
-            let mut node = s.lock();
+            let mut node = self.lock();
             for buf in batch.drain(..) {
-                node.handle_tun_buffer(now, buf, &mut out);
+                node.handle_tun_buffer(now, buf, out);
             }
-            s.run_timers(&mut node, now, &mut out);
+            self.run_timers(&mut node, now, out);
         }
-        s.flush(&mut out);
+        self.flush(out);
+        true
+    }
+
+    /// Receives what the socket has queued (without blocking), opens and
+    /// delivers it. Returns whether any datagram was received.
+    fn service_udp(&self, st: &mut UdpRx) -> bool {
+        match st.rx.try_recv(&self.sock) {
+            Ok(n) if n > 0 => {}
+            _ => return false,
+        }
+        let now = Instant::now();
+        {
+            let mut node = self.lock();
+            for (from, bytes) in st.rx.iter() {
+                node.handle_udp(now, from, bytes, &mut st.out);
+            }
+            self.run_timers(&mut node, now, &mut st.out);
+        }
+        self.flush(&mut st.out);
+        true
+    }
+
+    /// Services `src`, waiting for the other thread if it is on it.
+    fn service(&self, src: Source) -> bool {
+        match src {
+            Source::Tun => self.service_tun(&mut lock(&self.tun_rx)),
+            Source::Udp => self.service_udp(&mut lock(&self.udp_rx)),
+        }
+    }
+
+    /// Services `src` only if no other thread is on it.
+    fn try_service(&self, src: Source) -> bool {
+        match src {
+            Source::Tun => match self.tun_rx.try_lock() {
+                Ok(mut st) => self.service_tun(&mut st),
+                Err(std::sync::TryLockError::Poisoned(p)) => self.service_tun(&mut p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => false,
+            },
+            Source::Udp => match self.udp_rx.try_lock() {
+                Ok(mut st) => self.service_udp(&mut st),
+                Err(std::sync::TryLockError::Poisoned(p)) => self.service_udp(&mut p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => false,
+            },
+        }
+    }
+
+    fn raw_fd(&self, src: Source) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match (src, &self.local) {
+            (Source::Udp, _) => Some(self.sock.as_raw_fd()),
+            (Source::Tun, Local::Tun(t)) => Some(t.as_raw_fd()),
+            (Source::Tun, _) => None,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One I/O thread: sleeps on `own` source, and after real traffic busy
+/// polls both sources for a bounded window (see [`busy_poll`]). Taking the
+/// other source while spinning is what saves a wake-up on the request/reply
+/// path: the ICMP or TCP reply the kernel makes while we write a packet
+/// into the TUN is queued before the write returns, and a reply from the
+/// peer comes back while the thread that sent the request still runs.
+/// Each source is drained under its own lock, so order is kept per source.
+fn io_loop(s: &Shared, own: Source) {
+    let other = match own {
+        Source::Tun => Source::Udp,
+        Source::Udp => Source::Tun,
+    };
+    let Some(own_fd) = s.raw_fd(own) else {
+        return;
+    };
+    let steal = s.raw_fd(other).is_some();
+    let busy = &s.busy;
+    while !s.stop.load(Ordering::Relaxed) {
+        if s.service(own) || (steal && s.try_service(other)) {
+            busy.traffic(Instant::now());
+            continue;
+        }
+        if busy.spinning(Instant::now()) {
+            // Let a task woken on this CPU (the ping, the iperf3 that
+            // reads what we delivered) run rather than wait behind us.
+            std::thread::yield_now();
+            continue;
+        }
+        match busy_poll::wait_readable(own_fd, 200) {
+            Ok(_) => {}
+            Err(_) if own == Source::Tun => return,
+            // Unexpected socket error: do not spin.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 
@@ -410,41 +572,6 @@ fn frames_loop(s: &Shared) {
             }
             for buf in batch {
                 node.handle_tun_buffer(now, buf, &mut out);
-            }
-            s.run_timers(&mut node, now, &mut out);
-        }
-        s.flush(&mut out);
-    }
-}
-
-fn udp_loop(s: &Shared) {
-    let mut out = Outputs::new();
-    let mut rx = udp::RecvBatch::new();
-    let _ = s.sock.set_read_timeout(Some(Duration::from_millis(200)));
-    while !s.stop.load(Ordering::Relaxed) {
-        match rx.recv(&s.sock) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(_) => {
-                // Unexpected socket error: do not spin.
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        }
-        let now = Instant::now();
-        {
-            let mut node = s.lock();
-            for (from, bytes) in rx.iter() {
-                node.handle_udp(now, from, bytes, &mut out);
             }
             s.run_timers(&mut node, now, &mut out);
         }

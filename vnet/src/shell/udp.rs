@@ -148,6 +148,15 @@ impl RecvBatch {
 
     /// Blocks for at least one message, then takes whatever else is queued.
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.recv_with(sock, libc::MSG_WAITFORONE)
+    }
+
+    /// Takes whatever is queued without blocking (`WouldBlock` when nothing is).
+    pub fn try_recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+        self.recv_with(sock, libc::MSG_WAITFORONE | libc::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&mut self, sock: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
         let mut iov: Vec<libc::iovec> = self
             .bufs
             .iter_mut()
@@ -177,7 +186,7 @@ impl RecvBatch {
                 sock.as_raw_fd(),
                 hdrs.as_mut_ptr(),
                 RECV_BATCH as u32,
-                libc::MSG_WAITFORONE,
+                flags,
                 std::ptr::null_mut(),
             )
         };
