@@ -5,20 +5,37 @@ use super::{LeaseLive, Market, MarketError};
 use crate::book::{Fill, OrderId};
 use crate::ledger::billing::{self, LeaseBilling, MS_PER_MINUTE};
 use crate::ledger::postings;
-use crate::store::{LeaseRow, LeaseState, OrderState};
+use crate::store::{LeaseRow, LeaseState, OrderState, Tx};
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{BrokerMsg, ErrorCode, LeaseEnd, LeaseSpec, Response, StdStream};
 
 impl Market {
     /// Turns one fill into a lease: hold -> escrow, lease row, order
-    /// progress in one transaction; then the seller is told to start it.
-    pub(super) async fn open_lease(&mut self, fill: Fill, now_ms: u64) -> Result<(), MarketError> {
+    /// progress in one transaction (`carried`, holding earlier writes of
+    /// the same event, if given); then the seller is told to start it.
+    pub(super) async fn open_lease(
+        &mut self,
+        fill: Fill,
+        now_ms: u64,
+        carried: Option<Tx>,
+    ) -> Result<(), MarketError> {
+        // Whatever `carried` holds stands even if this lease cannot open.
+        let billing = match LeaseBilling::new(fill.cpus, fill.minutes, fill.price) {
+            Ok(billing) => billing,
+            Err(e) => {
+                if let Some(tx) = carried {
+                    tx.commit().await?;
+                }
+                return Err(MarketError::refused(ErrorCode::BadRequest, e.to_string()));
+            }
+        };
         let Some(buy) = self.buys.get(&fill.buy) else {
+            if let Some(tx) = carried {
+                tx.commit().await?;
+            }
             tracing::error!(order = ?fill.buy, "fill for an unknown buy order");
             return Ok(());
         };
-        let billing = LeaseBilling::new(fill.cpus, fill.minutes, fill.price)
-            .map_err(|e| MarketError::refused(ErrorCode::BadRequest, e.to_string()))?;
         let escrow = billing.escrow();
         let (order_key, buyer, kind, spec) = (
             buy.key.clone(),
@@ -55,7 +72,10 @@ impl Market {
         if fully {
             transfers.extend(postings::release_hold(&order_key, &buyer, rest));
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = match carried {
+            Some(tx) => tx,
+            None => self.store.begin().await?,
+        };
         tx.insert_lease(&row).await?;
         tx.apply_transfers(&transfers, now_ms).await?;
         let state = if fully {
@@ -137,11 +157,12 @@ impl Market {
         if l.started_ms.is_some() {
             return Ok(());
         }
+        // Not written on its own: the state rides with the lease's next
+        // write (its first settled minute, or its end), and listings show
+        // the live state meanwhile. A broker killed before then loses
+        // nothing it needs: recovery ends every unended lease alike,
+        // billed for the minutes settled.
         l.started_ms = Some(now_ms);
-        let id = l.id;
-        let mut tx = self.store.begin().await?;
-        tx.set_lease_running(id).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -266,9 +287,15 @@ impl Market {
         let failed = matches!(end, LeaseEnd::SellerLost | LeaseEnd::Failed { .. });
         let mut tx = self.store.begin().await?;
         tx.apply_transfers(&transfers, now_ms).await?;
-        tx.update_lease_settled(l.id, billed_minutes, cost).await?;
-        tx.end_lease(l.id, &end.to_string(), exit_code, now_ms, cost)
-            .await?;
+        tx.finish_lease(
+            l.id,
+            billed_minutes,
+            &end.to_string(),
+            exit_code,
+            now_ms,
+            cost,
+        )
+        .await?;
         tx.record_lease_outcome(&l.seller, failed, now_ms).await?;
         tx.commit().await?;
 

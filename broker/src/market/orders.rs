@@ -5,7 +5,7 @@ use super::renewal::Allowance;
 use super::{BuyLive, BuySpec, Market, MarketError, SellLive};
 use crate::book::{BuyOrder, Fill, OrderId, SellOrder};
 use crate::ledger::{billing, postings};
-use crate::store::{LeaseRow, OrderRow, OrderState, Side};
+use crate::store::{LeaseRow, OrderRow, OrderState, Side, Tx};
 use cpushare_proto::bundle::MAX_BUNDLE;
 use cpushare_proto::money::Micros;
 use cpushare_proto::msg::{
@@ -132,23 +132,6 @@ impl Market {
             req.max_price,
         )
         .map_err(|e| MarketError::refused(ErrorCode::BadRequest, e.to_string()))?;
-        let available = Micros(
-            u64::try_from(
-                self.store
-                    .balance(&crate::ledger::accounts::user(buyer))
-                    .await?,
-            )
-            .unwrap_or(0),
-        );
-        if available < worst {
-            return Err(MarketError::refused(
-                ErrorCode::InsufficientFunds,
-                format!(
-                    "this order needs {worst} credits reserved ({} instance(s) x {} vCPU x {} min x {} max price) but your balance is {available}; lower --max-price, --minutes or --cpus, or ask the broker operator to credit your account",
-                    req.instances, req.cpus, req.minutes, req.max_price
-                ),
-            ));
-        }
         let (id, key) = self.order_id();
         let spec = BuySpec {
             image: req.image,
@@ -178,22 +161,41 @@ impl Market {
         };
         let mut tx = self.store.begin().await?;
         tx.insert_order(&row).await?;
+        // The reserve checks the balance (no read before the transaction:
+        // the refusal carries the balance it found).
         if let Err(e) = tx
             .apply_transfers(&postings::reserve_order(buyer, &key, worst), now_ms)
             .await
         {
             tx.rollback().await?;
-            return Err(match e {
-                crate::store::StoreError::InsufficientFunds { balance, needed, .. } => {
+            // The refused order took no id.
+            self.next_order = id.0;
+            let balance = match e {
+                crate::store::StoreError::InsufficientFunds { balance, .. } => Some(balance),
+                // More than any balance can hold: surely more than this one.
+                crate::store::StoreError::AmountTooLarge { .. } => Some(
+                    self.store
+                        .balance(&crate::ledger::accounts::user(buyer))
+                        .await?,
+                ),
+                _ => None,
+            };
+            return Err(match balance {
+                Some(balance) => {
+                    let available = Micros(u64::try_from(balance).unwrap_or(0));
                     MarketError::refused(
                         ErrorCode::InsufficientFunds,
-                        format!("this order needs {needed} micro-credits reserved but your balance is {balance}; ask the broker operator to credit your account"),
+                        format!(
+                            "this order needs {worst} credits reserved ({} instance(s) x {} vCPU x {} min x {} max price) but your balance is {available}; lower --max-price, --minutes or --cpus, or ask the broker operator to credit your account",
+                            req.instances, req.cpus, req.minutes, req.max_price
+                        ),
                     )
                 }
-                e => e.into(),
+                None => e.into(),
             });
         }
-        tx.commit().await?;
+        // Not committed yet: the order's writes ride with its first lease's
+        // (see `open_leases_in`), so a buy that matches at once commits once.
         self.buys.insert(
             id,
             BuyLive {
@@ -226,12 +228,33 @@ impl Market {
             kind: req.kind,
             expires_at_ms: expires,
         };
-        let fills = self
-            .book
-            .add_buy(order, now_ms)
-            .map_err(|e| MarketError::refused(ErrorCode::BadRequest, e.to_string()))?;
-        self.open_leases(fills, now_ms).await?;
+        let fills = match self.book.add_buy(order, now_ms) {
+            Ok(fills) => fills,
+            Err(e) => {
+                // Dropping `tx` rolls the order and its reserve back.
+                self.buys.remove(&id);
+                self.next_order = id.0;
+                return Err(MarketError::refused(ErrorCode::BadRequest, e.to_string()));
+            }
+        };
+        self.open_leases_in(tx, fills, now_ms).await?;
         Ok((id, key, worst))
+    }
+
+    /// Opens one lease per fill, the first inside `tx` (which holds the
+    /// order's own writes), then commits; with no fill it just commits.
+    async fn open_leases_in(
+        &mut self,
+        tx: Tx,
+        fills: Vec<Fill>,
+        now_ms: u64,
+    ) -> Result<(), MarketError> {
+        let mut fills = fills.into_iter();
+        match fills.next() {
+            None => tx.commit().await?,
+            Some(first) => self.open_lease(first, now_ms, Some(tx)).await?,
+        }
+        self.open_leases(fills.collect(), now_ms).await
     }
 
     /// Lets a buyer follow one of its orders again (after a reconnect or a
@@ -536,7 +559,7 @@ impl Market {
     {
         Box::pin(async move {
             for fill in fills {
-                self.open_lease(fill, now_ms).await?;
+                self.open_lease(fill, now_ms, None).await?;
             }
             Ok(())
         })

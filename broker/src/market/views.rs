@@ -69,7 +69,17 @@ impl Market {
                     .find(|o| o.id == r.buy_order)
                     .map(|o| o.key.clone())
                     .unwrap_or_else(|| cpushare_proto::id::short_id("order", r.buy_order));
-                lease_view(r, order)
+                let mut view = lease_view(r, order);
+                // A started lease is written as running with its next
+                // write (see `lease_started`); show the live state.
+                let live_started = self
+                    .leases
+                    .get(&r.key)
+                    .is_some_and(|l| l.started_ms.is_some());
+                if r.state == LeaseState::Starting && live_started {
+                    view.state = LeaseState::Running.as_str().to_string();
+                }
+                view
             })
             .collect())
     }

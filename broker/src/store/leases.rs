@@ -143,7 +143,36 @@ impl Tx {
         self.check_live_lease(id, done.rows_affected()).await
     }
 
-    /// Records minutes settled so far and what they cost the buyer.
+    /// Ends a lease as [`Tx::end_lease`] does and records its settled
+    /// minutes in the same statement (what ending a lease writes).
+    pub async fn finish_lease(
+        &mut self,
+        id: u64,
+        settled_minutes: u32,
+        reason: &str,
+        exit_code: Option<i32>,
+        ended_ms: u64,
+        cost: Micros,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE leases SET state = 'ended', end_reason = $2, exit_code = $3, ended_ms = $4, \
+             cost = $5, settled_minutes = $6 WHERE id = $1 AND state <> 'ended'",
+        )
+        .bind(to_db("lease id", id)?)
+        .bind(reason)
+        .bind(exit_code.map(i64::from))
+        .bind(to_db("ended_ms", ended_ms)?)
+        .bind(money_to_db("lease cost", cost)?)
+        .bind(i64::from(settled_minutes))
+        .execute(&mut *self.inner)
+        .await
+        .map_err(db("ending a lease"))?;
+        self.check_live_lease(id, done.rows_affected()).await
+    }
+
+    /// Records minutes settled so far and what they cost the buyer; the
+    /// lease is running (only a started lease settles minutes), which is
+    /// also recorded here rather than in a transaction of its own.
     pub async fn update_lease_settled(
         &mut self,
         id: u64,
@@ -151,7 +180,8 @@ impl Tx {
         cost: Micros,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "UPDATE leases SET settled_minutes = $2, cost = $3 WHERE id = $1 AND state <> 'ended'",
+            "UPDATE leases SET settled_minutes = $2, cost = $3, state = 'running' \
+             WHERE id = $1 AND state <> 'ended'",
         )
         .bind(to_db("lease id", id)?)
         .bind(i64::from(settled_minutes))
@@ -346,6 +376,14 @@ pub(crate) mod tests {
             Err(StoreError::LeaseEnded { id: 3 })
         ));
         assert!(matches!(
+            tx.finish_lease(3, 1, "again", None, 1, Micros::ZERO).await,
+            Err(StoreError::LeaseEnded { id: 3 })
+        ));
+        assert!(matches!(
+            tx.finish_lease(78, 1, "never", None, 1, Micros::ZERO).await,
+            Err(StoreError::LeaseUnknown { id: 78 })
+        ));
+        assert!(matches!(
             tx.update_lease_settled(3, 9, Micros(1)).await,
             Err(StoreError::LeaseEnded { id: 3 })
         ));
@@ -394,5 +432,58 @@ pub(crate) mod tests {
         assert_eq!(bo, [1, 3]);
     }
 
-    store_tests!(leases_round_trip_settle_end_and_reload_as_open);
+    async fn settling_marks_running_and_finishing_records_the_minutes(store: Store) {
+        let mut tx = store.begin().await.expect("begin");
+        tx.insert_lease(&lease(1, "ada", "bo"))
+            .await
+            .expect("insert");
+        tx.insert_lease(&lease(2, "ada", "bo"))
+            .await
+            .expect("insert");
+        tx.update_lease_settled(1, 1, Micros(60_000))
+            .await
+            .expect("settle");
+        tx.finish_lease(
+            2,
+            3,
+            "exited 0",
+            Some(0),
+            1_700_000_180_000,
+            Micros(180_000),
+        )
+        .await
+        .expect("finish");
+        tx.commit().await.expect("commit");
+        let settled = store
+            .lease_by_key(&lease(1, "ada", "bo").key)
+            .await
+            .expect("get")
+            .expect("lease 1");
+        assert_eq!(
+            (settled.state, settled.settled_minutes, settled.cost),
+            (LeaseState::Running, 1, Micros(60_000))
+        );
+        let finished = store
+            .lease_by_key(&lease(2, "ada", "bo").key)
+            .await
+            .expect("get")
+            .expect("lease 2");
+        assert_eq!(
+            finished,
+            LeaseRow {
+                state: LeaseState::Ended,
+                settled_minutes: 3,
+                cost: Micros(180_000),
+                end_reason: Some("exited 0".into()),
+                exit_code: Some(0),
+                ended_ms: Some(1_700_000_180_000),
+                ..lease(2, "ada", "bo")
+            }
+        );
+    }
+
+    store_tests!(
+        leases_round_trip_settle_end_and_reload_as_open,
+        settling_marks_running_and_finishing_records_the_minutes,
+    );
 }

@@ -3,13 +3,14 @@
 //! Transfers come from the sans-IO `crate::ledger` core; here they are
 //! applied inside the caller's transaction, all or nothing.
 
-use super::columns::{col_i64, col_micros, col_text, col_u64, money_to_db, to_db};
+use super::batch_plan::{accounts_of, plan, AccountChange};
+use super::columns::{col_i64, col_micros, col_text, col_u64, to_db};
 use super::error::{db, StoreError};
-use super::{Store, Tx};
+use super::{Backend, Store, Tx};
 use crate::ledger::Transfer;
 use cpushare_proto::money::Micros;
-use sqlx::Acquire;
 use sqlx::AnyConnection;
+use std::collections::BTreeMap;
 
 /// The outside world: the one account that may go negative, so that the
 /// sum of all balances is always exactly zero.
@@ -33,62 +34,21 @@ pub struct JournalRow {
     pub memo: String,
 }
 
-/// Lowest balance any account may reach: the world account may go this
-/// far negative, so every balance and every sum the checks below compute
-/// stays within a BIGINT (PostgreSQL fails on overflow; SQLite silently
-/// turns the result into a float).
-const WORLD_FLOOR: i64 = -i64::MAX;
+/// Most rows one multi-row statement carries, well under the bound
+/// variables either backend accepts.
+const ROWS_PER_STATEMENT: usize = 200;
 
-/// Creates `account` with balance 0 if it does not exist yet.
-async fn open_account(conn: &mut AnyConnection, account: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO balances (account, amount) VALUES ($1, 0) ON CONFLICT (account) DO NOTHING",
-    )
-    .bind(account)
-    .execute(&mut *conn)
-    .await
-    .map_err(db("opening a ledger account"))?;
-    Ok(())
-}
-
-/// Takes `amount` (>= 0) out of `account` unless that would leave it below
-/// `floor`; `false` (nothing changed) if it would. The check is part of the
-/// UPDATE, so concurrent writers cannot both pass a check made before
-/// either wrote (PostgreSQL re-evaluates it on the locked row).
-async fn debit(
-    conn: &mut AnyConnection,
-    account: &str,
-    amount: i64,
-    floor: i64,
-) -> Result<bool, StoreError> {
-    open_account(conn, account).await?;
-    // floor + amount is in [-MAX, MAX] for floor in {-MAX, 0}, amount in [0, MAX].
-    let least_before = floor + amount;
-    let done =
-        sqlx::query("UPDATE balances SET amount = amount - $2 WHERE account = $1 AND amount >= $3")
-            .bind(account)
-            .bind(amount)
-            .bind(least_before)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("debiting a balance"))?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Adds `amount` (>= 0) to `account` unless it would exceed `i64::MAX`;
-/// `false` (nothing changed) if it would.
-async fn credit(conn: &mut AnyConnection, account: &str, amount: i64) -> Result<bool, StoreError> {
-    open_account(conn, account).await?;
-    let most_before = i64::MAX - amount;
-    let done =
-        sqlx::query("UPDATE balances SET amount = amount + $2 WHERE account = $1 AND amount <= $3")
-            .bind(account)
-            .bind(amount)
-            .bind(most_before)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("crediting a balance"))?;
-    Ok(done.rows_affected() == 1)
+/// `($1, $2), ($3, $4)...`: placeholders for `rows` rows of `columns` values.
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn balance_in(conn: &mut AnyConnection, account: &str) -> Result<i64, StoreError> {
@@ -100,92 +60,247 @@ async fn balance_in(conn: &mut AnyConnection, account: &str) -> Result<i64, Stor
     row.map_or(Ok(0), |r| col_i64(&r, "amount"))
 }
 
-/// Applies one transfer and journals it. On error part of it may be
-/// applied; the caller rolls back its savepoint.
-async fn apply_one(conn: &mut AnyConnection, t: &Transfer, ts_ms: i64) -> Result<(), StoreError> {
-    let amount = money_to_db("transfer amount", t.amount)?;
-    let world = t.from == WORLD_ACCOUNT;
-    let floor = if world { WORLD_FLOOR } else { 0 };
-    if !debit(conn, &t.from, amount, floor).await? {
-        let balance = balance_in(conn, &t.from).await?;
-        return Err(if world {
-            StoreError::BalanceOverflow {
-                account: t.from.clone(),
-                balance,
-                amount: t.amount,
-            }
-        } else {
-            StoreError::InsufficientFunds {
-                account: t.from.clone(),
-                balance,
-                needed: t.amount,
-            }
-        });
-    }
-    if !credit(conn, &t.to, amount).await? {
-        return Err(StoreError::BalanceOverflow {
-            account: t.to.clone(),
-            balance: balance_in(conn, &t.to).await?,
-            amount: t.amount,
-        });
-    }
-    let seq_row =
-        sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'journal' RETURNING value")
-            .fetch_one(&mut *conn)
+/// The balances of those of `accounts` (sorted) that have a row. On
+/// PostgreSQL the rows stay locked until the transaction ends, so the
+/// batch planned from them is still right when it is written; SQLite's
+/// `BEGIN IMMEDIATE` already holds the whole database.
+async fn lock_balances(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    accounts: &[&str],
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let lock = match backend {
+        Backend::Postgres => " ORDER BY account FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let mut found = BTreeMap::new();
+    for chunk in accounts.chunks(ROWS_PER_STATEMENT) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT account, amount FROM balances WHERE account IN ({}){lock}",
+            list.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for account in chunk {
+            query = query.bind(*account);
+        }
+        for row in query
+            .fetch_all(&mut *conn)
             .await
-            .map_err(db("numbering a journal row"))?;
-    sqlx::query(
-        "INSERT INTO journal (seq, ts_ms, from_acct, to_acct, amount, memo) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(col_i64(&seq_row, "value")?)
-    .bind(ts_ms)
-    .bind(&t.from)
-    .bind(&t.to)
-    .bind(amount)
-    .bind(&t.memo)
-    .execute(&mut *conn)
-    .await
-    .map_err(db("writing a journal row"))?;
+            .map_err(db("reading the balances of a transfer batch"))?
+        {
+            found.insert(col_text(&row, "account")?, col_i64(&row, "amount")?);
+        }
+    }
+    Ok(found)
+}
+
+/// Writes a planned batch's balances: every account it opens and every one
+/// whose balance changed, by adding the change (so a row another
+/// transaction opened meanwhile keeps what it got).
+async fn write_balances(
+    conn: &mut AnyConnection,
+    changes: &[AccountChange],
+) -> Result<(), StoreError> {
+    let mut deltas: Vec<(&str, i64)> = Vec::new();
+    for c in changes.iter().filter(|c| !c.existed || c.end != c.start) {
+        match i64::try_from(i128::from(c.end) - i128::from(c.start)) {
+            Ok(delta) => deltas.push((&c.account, delta)),
+            // A swing wider than a BIGINT (only the world account can be
+            // negative, so this needs it above i64::MAX / 2): the row exists
+            // and is locked, so its new balance is written as is.
+            Err(_) => {
+                sqlx::query("UPDATE balances SET amount = $2 WHERE account = $1")
+                    .bind(&c.account)
+                    .bind(c.end)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db("writing a balance"))?;
+            }
+        }
+    }
+    for chunk in deltas.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO balances (account, amount) VALUES {} \
+             ON CONFLICT (account) DO UPDATE SET amount = balances.amount + excluded.amount",
+            placeholders(chunk.len(), 2)
+        );
+        let mut query = sqlx::query(&sql);
+        for (account, delta) in chunk {
+            query = query.bind(*account).bind(*delta);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(db("writing the balances of a transfer batch"))?;
+    }
     Ok(())
+}
+
+/// One journal row waiting for its number: the transfer, its amount as a
+/// BIGINT, and when it was applied.
+#[derive(Debug, Clone)]
+struct PendingRow {
+    transfer: Transfer,
+    amount: i64,
+    ts_ms: i64,
+}
+
+/// Appends `rows` to the journal, numbered in order from one bump of the
+/// journal counter (which rolls back with the transaction, so the numbers
+/// stay gapless).
+async fn write_journal(conn: &mut AnyConnection, rows: &[PendingRow]) -> Result<(), StoreError> {
+    let count = i64::try_from(rows.len()).map_err(|_| StoreError::ValueTooLarge {
+        what: "journal rows in one transaction",
+        value: rows.len() as u64,
+    })?;
+    let last_row = sqlx::query(
+        "UPDATE counters SET value = value + $1 WHERE name = 'journal' RETURNING value",
+    )
+    .bind(count)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db("numbering journal rows"))?;
+    let first = col_i64(&last_row, "value")? - count + 1;
+    let numbered: Vec<(i64, &PendingRow)> = (first..).zip(rows).collect();
+    for chunk in numbered.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO journal (seq, ts_ms, from_acct, to_acct, amount, memo) VALUES {}",
+            placeholders(chunk.len(), 6)
+        );
+        let mut query = sqlx::query(&sql);
+        for (seq, row) in chunk {
+            query = query
+                .bind(*seq)
+                .bind(row.ts_ms)
+                .bind(&row.transfer.from)
+                .bind(&row.transfer.to)
+                .bind(row.amount)
+                .bind(&row.transfer.memo);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(db("writing journal rows"))?;
+    }
+    Ok(())
+}
+
+/// An account as a transaction's ledger batches see it.
+#[derive(Debug, Clone)]
+struct PendingAccount {
+    /// Whether it had a row when the transaction first read it.
+    existed: bool,
+    /// Its balance then (0 without a row).
+    start: i64,
+    /// Its balance after the batches applied so far.
+    now: i64,
+    /// Whether an applied batch named it (then it gets a row at commit).
+    named: bool,
+}
+
+/// The ledger writes of a transaction not yet sent to the database: what
+/// its batches read and changed, and their journal rows. They are written
+/// when the transaction commits, so a transaction of several batches (an
+/// order's reserve and its first lease's escrow) writes them once.
+#[derive(Debug, Default)]
+pub(super) struct PendingLedger {
+    accounts: BTreeMap<String, PendingAccount>,
+    journal: Vec<PendingRow>,
 }
 
 impl Tx {
     /// Applies `transfers` in order: moves balances and appends one journal
     /// row each. Fails with `InsufficientFunds` if any account other than
-    /// [`WORLD_ACCOUNT`] would go negative; then none of the batch is
-    /// applied (a savepoint is rolled back) and the transaction stays usable.
+    /// [`WORLD_ACCOUNT`] would go negative (`BalanceOverflow` if one would
+    /// pass `i64::MAX` or the world account its floor, `AmountTooLarge` for
+    /// an amount above `i64::MAX`); then none of the batch is applied and
+    /// the transaction stays usable.
+    ///
+    /// The balances the batch names are read once per transaction (on
+    /// PostgreSQL with `FOR UPDATE`, so they cannot change under it;
+    /// SQLite's `BEGIN IMMEDIATE` already holds the database): one
+    /// statement, none if an earlier batch read them all. The checks run in
+    /// memory ([`batch_plan`](super::batch_plan)). What the batches change
+    /// is written at [`Tx::commit`] in three statements (balances, journal
+    /// counter, journal rows) however many batches there were.
     pub async fn apply_transfers(
         &mut self,
         transfers: &[Transfer],
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let ts_ms = to_db("now_ms", now_ms)?;
-        let mut batch = self
-            .inner
-            .begin()
-            .await
-            .map_err(db("starting a transfer batch"))?;
-        let mut outcome = Ok(());
-        for t in transfers {
-            outcome = apply_one(&mut batch, t, ts_ms).await;
-            if outcome.is_err() {
-                break;
+        if transfers.is_empty() {
+            return Ok(());
+        }
+        let names = accounts_of(transfers);
+        let unread: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.ledger.accounts.contains_key(*n))
+            .collect();
+        if !unread.is_empty() {
+            let found = lock_balances(&mut self.inner, self.backend, &unread).await?;
+            for name in unread {
+                let start = found.get(name).copied();
+                self.ledger.accounts.insert(
+                    name.to_string(),
+                    PendingAccount {
+                        existed: start.is_some(),
+                        start: start.unwrap_or(0),
+                        now: start.unwrap_or(0),
+                        named: false,
+                    },
+                );
             }
         }
-        match outcome {
-            Ok(()) => batch
-                .commit()
-                .await
-                .map_err(db("finishing a transfer batch")),
-            Err(e) => {
-                batch
-                    .rollback()
-                    .await
-                    .map_err(db("undoing a failed transfer batch"))?;
-                Err(e)
+        let now: BTreeMap<String, i64> = names
+            .iter()
+            .filter_map(|n| self.ledger.accounts.get(*n).map(|a| (n.to_string(), a.now)))
+            .collect();
+        let plan = plan(transfers, &now)?;
+        for change in plan.changes {
+            if let Some(a) = self.ledger.accounts.get_mut(&change.account) {
+                a.now = change.end;
+                a.named = true;
             }
         }
+        self.ledger
+            .journal
+            .extend(
+                transfers
+                    .iter()
+                    .zip(plan.amounts)
+                    .map(|(t, amount)| PendingRow {
+                        transfer: t.clone(),
+                        amount,
+                        ts_ms,
+                    }),
+            );
+        Ok(())
+    }
+
+    /// Writes what the transaction's ledger batches changed (see
+    /// [`Tx::apply_transfers`]); [`Tx::commit`] calls it.
+    pub(super) async fn flush_ledger(&mut self) -> Result<(), StoreError> {
+        let ledger = std::mem::take(&mut self.ledger);
+        let changes: Vec<AccountChange> = ledger
+            .accounts
+            .into_iter()
+            .filter(|(_, a)| a.named)
+            .map(|(account, a)| AccountChange {
+                account,
+                existed: a.existed,
+                start: a.start,
+                end: a.now,
+            })
+            .collect();
+        let conn: &mut AnyConnection = &mut self.inner;
+        write_balances(conn, &changes).await?;
+        if !ledger.journal.is_empty() {
+            write_journal(conn, &ledger.journal).await?;
+        }
+        Ok(())
     }
 }
 
@@ -427,7 +542,83 @@ mod tests {
         assert_eq!(total(&store).await, 0);
     }
 
+    async fn a_long_batch_spans_several_statements(store: Store) {
+        let n = 2 * ROWS_PER_STATEMENT + 50;
+        let mut batch = vec![transfer(WORLD_ACCOUNT, "user:ada", n as u64, "deposit")];
+        batch.extend((0..n).map(|i| transfer("user:ada", &format!("user:{i:04}"), 1, "gift")));
+        let mut tx = store.begin().await.expect("begin");
+        tx.apply_transfers(&batch, 7).await.expect("apply");
+        tx.commit().await.expect("commit");
+        assert_eq!(store.balance("user:ada").await.expect("b"), 0);
+        assert_eq!(store.balance("user:0000").await.expect("b"), 1);
+        assert_eq!(
+            store
+                .balance(&format!("user:{:04}", n - 1))
+                .await
+                .expect("b"),
+            1
+        );
+        assert_eq!(store.balances().await.expect("all").len(), n + 2);
+        assert_eq!(total(&store).await, 0);
+        let seqs: Vec<u64> = store
+            .journal_for("user:ada")
+            .await
+            .expect("journal")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, (1..=n as u64 + 1).collect::<Vec<_>>());
+    }
+
+    async fn batches_of_one_transaction_see_each_other(store: Store) {
+        let mut tx = store.begin().await.expect("begin");
+        tx.apply_transfers(&[transfer(WORLD_ACCOUNT, "user:ada", 100, "deposit")], 1)
+            .await
+            .expect("deposit");
+        let err = tx
+            .apply_transfers(&[transfer("user:ada", "user:cy", 150, "too much")], 2)
+            .await
+            .expect_err("ada has only the 100 deposited in this transaction");
+        assert!(
+            matches!(&err, StoreError::InsufficientFunds { balance: 100, .. }),
+            "{err:?}"
+        );
+        tx.apply_transfers(&[transfer("user:ada", "user:bo", 60, "pay")], 3)
+            .await
+            .expect("pay");
+        assert_eq!(
+            store.balance("user:ada").await.expect("b"),
+            0,
+            "nothing visible before commit"
+        );
+        tx.commit().await.expect("commit");
+        let accounts: Vec<String> = store
+            .balances()
+            .await
+            .expect("all")
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        assert_eq!(
+            accounts,
+            ["user:ada", "user:bo", WORLD_ACCOUNT],
+            "no row for cy"
+        );
+        assert_eq!(store.balance("user:ada").await.expect("b"), 40);
+        let ada: Vec<_> = store
+            .journal_for("user:ada")
+            .await
+            .expect("journal")
+            .iter()
+            .map(|r| (r.seq, r.ts_ms))
+            .collect();
+        assert_eq!(ada, [(1, 1), (2, 3)]);
+        assert_eq!(total(&store).await, 0);
+    }
+
     store_tests!(
+        batches_of_one_transaction_see_each_other,
+        a_long_batch_spans_several_statements,
         transfers_move_balances_and_journal,
         overdraft_in_a_batch_changes_nothing,
         huge_amounts_round_trip_and_overflow_is_refused,

@@ -12,6 +12,7 @@
 #[macro_use]
 mod test_db;
 
+mod batch_plan;
 mod columns;
 mod error;
 mod leases;
@@ -72,6 +73,9 @@ pub struct Store {
 #[derive(Debug)]
 pub struct Tx {
     inner: Transaction<'static, Any>,
+    backend: Backend,
+    /// Ledger writes held until commit.
+    ledger: ledger::PendingLedger,
 }
 
 /// Makes an SQLite URL create its file when missing (`mode=rwc`) unless the
@@ -132,7 +136,11 @@ impl Store {
             Backend::Postgres => self.pool.begin().await,
         }
         .map_err(db("starting a transaction"))?;
-        Ok(Tx { inner })
+        Ok(Tx {
+            inner,
+            backend: self.backend,
+            ledger: ledger::PendingLedger::default(),
+        })
     }
 
     /// Closes every connection; waits until they are closed.
@@ -142,8 +150,10 @@ impl Store {
 }
 
 impl Tx {
-    /// Makes every write of this transaction durable and visible.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// Makes every write of this transaction durable and visible (the
+    /// ledger's held writes go out first).
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        self.flush_ledger().await?;
         self.inner
             .commit()
             .await
