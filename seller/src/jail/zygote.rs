@@ -292,8 +292,14 @@ impl Zygote {
                     }
                 };
                 drop(cmd);
-                let _ = child.wait();
+                let status = child.wait();
                 alive2.store(false, Ordering::Release);
+                if !stop2.load(Ordering::Acquire) {
+                    tracing::warn!(
+                        ?status,
+                        "the sandbox zygote exited; sandboxes are spawned from now on"
+                    );
+                }
                 // Stay: the sandboxes it cloned are this thread's children.
                 while !stop2.load(Ordering::Acquire) {
                     std::thread::park();
@@ -353,9 +359,10 @@ impl Zygote {
 
 impl Drop for Zygote {
     fn drop(&mut self) {
-        // Closing its socket ends the zygote; then the keeper may go.
-        drop(self.control.get_mut().expect("zygote lock").take());
+        // The keeper may go once the zygote ends, which closing its
+        // socket makes it do.
         self.stop.store(true, Ordering::Release);
+        drop(self.control.get_mut().expect("zygote lock").take());
         if let Some(keeper) = self.keeper.take() {
             keeper.thread().unpark();
             let _ = keeper.join();
