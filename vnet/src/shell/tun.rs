@@ -246,24 +246,6 @@ impl Tun {
 
     /// Blocks until a packet is readable or `timeout_ms` passes.
     pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-        match rc {
-            r if r < 0 => {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-            0 => Ok(false),
-            _ => Ok(true),
-        }
+        super::busy_poll::wait_readable(self.fd.as_raw_fd(), timeout_ms)
     }
 }
