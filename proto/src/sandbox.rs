@@ -51,6 +51,11 @@ pub struct SandboxVmJob {
     /// `cpushare.nfs=ADDR:/out:/out:rw` shares (each one word, no spaces).
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// KVM's supported CPUID list, read once by the daemon (function,
+    /// index, flags, eax, ebx, ecx, edx per entry); empty: the sandbox
+    /// reads it itself.
+    #[serde(default)]
+    pub host_cpuid: Vec<[u32; 7]>,
 }
 
 /// One job for a sandbox child.

@@ -108,6 +108,10 @@ async fn sandboxed(
         vcpus: 1,
         mem_bytes: GUEST_MIB * MIB,
         cmdline: Vec::new(),
+        // As the daemon does: KVM's CPUID list read once, handed in.
+        host_cpuid: cpushare_vmm::HostCpuid::read_host()
+            .map(|c| c.to_words())
+            .unwrap_or_default(),
     };
     let (reported, _) = vm_supervisor::drive(
         &mut sandbox,

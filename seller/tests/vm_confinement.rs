@@ -78,6 +78,18 @@ fn iso(name: &str, cmdline: &str) -> PathBuf {
     iso
 }
 
+/// KVM's CPUID list, read once for all tests.
+fn host_cpuid() -> Vec<[u32; 7]> {
+    static CPUID: OnceLock<Vec<[u32; 7]>> = OnceLock::new();
+    CPUID
+        .get_or_init(|| {
+            cpushare_vmm::HostCpuid::read_host()
+                .expect("read KVM's CPUID list")
+                .to_words()
+        })
+        .clone()
+}
+
 /// How to start one VM sandbox.
 struct Setup<'a> {
     cmdline: &'a str,
@@ -86,6 +98,9 @@ struct Setup<'a> {
     /// Guest memory the cgroup is sized for (normally `guest_mib`).
     cgroup_guest_mib: u64,
     attack: Option<&'a str>,
+    /// The CPUID list handed in; `None` hands in the host's, read once,
+    /// as the daemon does.
+    cpuid: Option<Vec<[u32; 7]>>,
 }
 
 impl Default for Setup<'_> {
@@ -96,6 +111,7 @@ impl Default for Setup<'_> {
             guest_mib: 32,
             cgroup_guest_mib: 32,
             attack: None,
+            cpuid: None,
         }
     }
 }
@@ -133,6 +149,7 @@ fn start(setup: &Setup<'_>) -> Running {
             vcpus: setup.vcpus,
             mem_bytes: setup.guest_mib * MIB,
             cmdline: Vec::new(),
+            host_cpuid: setup.cpuid.clone().unwrap_or_else(host_cpuid),
         },
         console_tx,
         console_rx,
@@ -208,6 +225,22 @@ async fn a_confined_vm_boots_its_iso_and_reports_its_power_off() {
         "the guest must read its ISO through the inherited fd: {r:?}"
     );
     assert!(r.console.contains("smp: 2 vCPUs up"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_bad_cpuid_list_from_the_daemon_fails_the_lease_and_names_it() {
+    let r = run(&Setup {
+        cpuid: Some(vec![[0; 7]; 1000]),
+        ..Setup::default()
+    })
+    .await;
+    match &r.end {
+        LeaseEnd::Failed { message } => {
+            assert!(message.contains("CPUID list of 1000 entries"), "{r:?}")
+        }
+        other => panic!("expected a failed lease, got {other:?}"),
+    }
+    assert!(!r.console.contains("hello"), "{r:?}");
 }
 
 #[tokio::test]

@@ -18,12 +18,27 @@ use cpushare_proto::sandbox::SandboxVmJob;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// Slack on the wall clock beyond the paid minutes (boot, console drain).
 const WALL_SLACK: Duration = Duration::from_secs(5);
+
+/// KVM's supported CPUID list, read on the first VM lease and handed to
+/// every VM sandbox after it, which then skips the read (a tenth of a
+/// small VM's start-up CPU where the host is itself a VM). Empty if KVM
+/// cannot be opened here: the sandbox then reads it, and says why not.
+fn host_cpuid() -> Vec<[u32; 7]> {
+    static CPUID: OnceLock<Vec<[u32; 7]>> = OnceLock::new();
+    CPUID
+        .get_or_init(|| {
+            cpushare_vmm::HostCpuid::read_host()
+                .map(|c| c.to_words())
+                .unwrap_or_default()
+        })
+        .clone()
+}
 
 fn failed(message: impl Into<String>) -> LeaseEnd {
     LeaseEnd::Failed {
@@ -78,6 +93,7 @@ pub(super) async fn run(
         vcpus,
         mem_bytes: spec.mem_mib << 20,
         cmdline,
+        host_cpuid: host_cpuid(),
     };
     let end = supervise(ctx, spec, job, uid, &scratch, &stop, console_rx, paid).await;
     let _ = std::fs::remove_dir_all(&scratch);

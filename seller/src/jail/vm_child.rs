@@ -29,7 +29,7 @@ use cpushare_proto::sandbox::{
 use cpushare_vmm::confine::VmmThread;
 use cpushare_vmm::devices::frame_socket::FrameSocket;
 use cpushare_vmm::devices::virtio::net::DEFAULT_MTU;
-use cpushare_vmm::{from_iso_file, HostFiles, NetConfig, Vm, VmExit};
+use cpushare_vmm::{from_iso_file, HostCpuid, HostHandoff, NetConfig, Vm, VmExit};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -236,9 +236,18 @@ fn run_vm(
             socket,
         });
     }
-    let files = HostFiles {
+    let cpuid = if job.host_cpuid.is_empty() {
+        None
+    } else {
+        match HostCpuid::from_words(&job.host_cpuid) {
+            Ok(c) => Some(c),
+            Err(e) => return failed(e.to_string()),
+        }
+    };
+    let files = HostHandoff {
         kvm: Some(kvm),
         disk_ro: Some(iso),
+        cpuid,
     };
     let console_in = ConsoleIn {
         rx: input_rx,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cpushare_vmm::{Payload, Vm, VmConfig, VmExit};
+use cpushare_vmm::{CpuidWords, HostCpuid, HostHandoff, Payload, Vm, VmConfig, VmExit};
 
 /// One child run.
 #[derive(Clone, Copy)]
@@ -35,7 +35,17 @@ fn main() {
             scratch: None,
             net: None,
         };
-        let code = match Vm::boot(cfg, Box::new(std::io::stdout()), None) {
+        // The host's CPUID list, when the parent read it once and handed
+        // it in, as the seller daemon does for its VM sandboxes.
+        let cpuid = std::env::var("CPUSHARE_BENCH_CHILD_CPUID")
+            .ok()
+            .map(|w| HostCpuid::from_words(&parse_cpuid(&w)).expect("CPUID words"));
+        let files = HostHandoff {
+            cpuid,
+            ..HostHandoff::default()
+        };
+        let vm = Vm::with_files(cfg, files, Box::new(std::io::stdout()), None);
+        let code = match vm.and_then(Vm::run) {
             Ok(VmExit::PowerOff { status }) => status as i32,
             Ok(other) => {
                 eprintln!("child: {other:?}");
@@ -73,10 +83,18 @@ fn main() {
 
     println!("kvm: {:?}", cpushare_vmm::kvm_kind());
     println!("boot: test guest, 64 MiB, 1 vCPU, `hello` then power off; {n} runs each, medians");
+    // Read once here and handed to every VM, as the seller daemon does.
+    let cpuid = HostCpuid::read_host()
+        .map(|c| format_cpuid(&c.to_words()))
+        .expect("read KVM's CPUID list");
     let mut ours = Vec::new();
+    let mut cold = Vec::new();
     let mut qemu = Vec::new();
     for _ in 0..n {
-        ours.push(run_child(
+        let mut c = vmm_cmd(&me, &elf, "hello");
+        c.env("CPUSHARE_BENCH_CHILD_CPUID", &cpuid);
+        ours.push(run_child(c, "hello from cpushare"));
+        cold.push(run_child(
             vmm_cmd(&me, &elf, "hello"),
             "hello from cpushare",
         ));
@@ -85,6 +103,8 @@ fn main() {
         }
     }
     let o = summarize("cpushare-vmm", &ours);
+    println!("  (as the seller runs it: KVM's CPUID list read once per host and handed in)");
+    summarize("  reading CPUID", &cold);
     if has_qemu {
         let q = summarize("qemu microvm", &qemu);
         println!(
@@ -226,4 +246,30 @@ fn cycles(out: &str) -> Option<u64> {
     out.lines()
         .find_map(|l| l.split("cycles=").nth(1))
         .and_then(|c| c.trim().parse().ok())
+}
+
+/// CPUID words as hex, `,` between words and `;` between entries.
+fn format_cpuid(words: &[CpuidWords]) -> String {
+    words
+        .iter()
+        .map(|e| {
+            e.iter()
+                .map(|w| format!("{w:x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn parse_cpuid(s: &str) -> Vec<CpuidWords> {
+    s.split(';')
+        .map(|e| {
+            let mut out = [0u32; 7];
+            for (o, w) in out.iter_mut().zip(e.split(',')) {
+                *o = u32::from_str_radix(w, 16).expect("hex CPUID word");
+            }
+            out
+        })
+        .collect()
 }

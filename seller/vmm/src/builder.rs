@@ -25,6 +25,7 @@ use crate::devices::virtio::pci::{VirtioPciBlock, BAR_SIZE};
 use crate::iso::{self, IsoError, IsoReader};
 use crate::vstate::coalesced::CoalescedRing;
 use crate::vstate::vcpu::{self, VcpuError, VcpuOutcome};
+use crate::vstate::vm::HostCpuid;
 use crate::vstate::{memory, vm};
 
 /// Where a boot file comes from.
@@ -224,6 +225,8 @@ pub struct Vm {
     console_in: Option<Box<dyn Read + Send>>,
     handle: VmHandle,
     net_rx: Option<NetRx>,
+    /// KVM's CPUID list if the host handed it in.
+    host_cpuid: Option<HostCpuid>,
 }
 
 /// IOAPIC pins for the virtio-blk devices in slots 1 and 2.
@@ -268,14 +271,17 @@ fn open_disk(path: &Path, writable: bool) -> Result<FileDisk, VmmError> {
     FileDisk::new(f).map_err(err)
 }
 
-/// Host files handed to a VM already open, for a VMM that cannot open
-/// paths (a confined one: its root is empty).
+/// What the host hands a VM ready-made: files already open, for a VMM
+/// that cannot open paths (a confined one: its root is empty), and facts
+/// read once per host rather than once per VM.
 #[derive(Debug, Default)]
-pub struct HostFiles {
+pub struct HostHandoff {
     /// An open `/dev/kvm`; `None` opens it.
     pub kvm: Option<File>,
     /// The read-only disk, used in place of [`VmConfig::disk_ro`].
     pub disk_ro: Option<File>,
+    /// KVM's supported CPUID list; `None` reads it.
+    pub cpuid: Option<HostCpuid>,
 }
 
 impl Vm {
@@ -285,13 +291,13 @@ impl Vm {
         console_out: Box<dyn Write + Send>,
         console_in: Option<Box<dyn Read + Send>>,
     ) -> Result<Self, VmmError> {
-        Self::with_files(cfg, HostFiles::default(), console_out, console_in)
+        Self::with_files(cfg, HostHandoff::default(), console_out, console_in)
     }
 
     /// [`Vm::new`] on host files already open.
     pub fn with_files(
         cfg: VmConfig,
-        files: HostFiles,
+        files: HostHandoff,
         console_out: Box<dyn Write + Send>,
         console_in: Option<Box<dyn Read + Send>>,
     ) -> Result<Self, VmmError> {
@@ -420,6 +426,7 @@ impl Vm {
                 net: net_rx.as_ref().map(|n| n.counters.clone()),
             },
             net_rx,
+            host_cpuid: files.cpuid,
         })
     }
 
@@ -452,11 +459,14 @@ impl Vm {
         let (tx, rx) = mpsc::channel::<Result<VcpuOutcome, VcpuError>>();
         let mut joins = Vec::new();
         let mut vcpus = Vec::new();
-        let supported = vm::supported_cpuid(&self.kvm)?;
+        let supported = match self.host_cpuid.take() {
+            Some(c) => c,
+            None => HostCpuid::read(&self.kvm)?,
+        };
         for id in 0..self.cfg_vcpus {
             vcpus.push(vcpu::create(
                 &self.vmfd,
-                &supported,
+                supported.cpuid(),
                 &self.mem,
                 id,
                 self.cfg_vcpus,

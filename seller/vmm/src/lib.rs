@@ -17,7 +17,8 @@ pub mod kvm_kind;
 pub mod vstate;
 
 pub use builder::{
-    from_iso, from_iso_file, HostFiles, IsoBoot, NetConfig, Payload, Vm, VmConfig, VmExit,
+    from_iso, from_iso_file, HostHandoff, IsoBoot, NetConfig, Payload, Vm, VmConfig, VmExit,
     VmHandle, VmmError,
 };
 pub use kvm_kind::{kvm_kind, KvmKind};
+pub use vstate::vm::{CpuidWords, HostCpuid};

@@ -69,6 +69,7 @@ impl Bus {
         if let Some(c) = self.coalesced.as_mut() {
             replay(&mut c.ring, &mut self.serial);
         }
+        self.serial.writer_mut().drain();
     }
 
     /// Whether COM1 writes are being coalesced.
@@ -98,10 +99,19 @@ impl Bus {
     }
 
     /// Port read. Unclaimed ports read as all ones, like an empty ISA bus.
+    ///
+    /// A COM1 read leaves queued transmit writes queued: while they are
+    /// coalesced the UART has no interrupt enabled and no loopback, so a
+    /// transmitted byte changes no register a read returns. A guest that
+    /// polls the line status before each byte then has its whole line
+    /// replayed at once, at its next other exit or kick.
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
-        self.flush_coalesced();
+        let com1 = (COM1_PORT..COM1_PORT + COM1_LEN).contains(&port) && data.len() == 1;
+        if !com1 {
+            self.flush_coalesced();
+        }
         match port {
-            p if (COM1_PORT..COM1_PORT + COM1_LEN).contains(&p) && data.len() == 1 => {
+            p if com1 => {
                 data[0] = self.serial.read((p - COM1_PORT) as u8);
             }
             i8042::DATA_PORT | i8042::COMMAND_PORT => data.fill(i8042::read(port)),
@@ -124,6 +134,7 @@ impl Bus {
                 if (interrupts || loopback) && self.coalesced.is_some() {
                     self.stop_coalescing();
                 }
+                self.serial.writer_mut().drain();
             }
             i8042::DATA_PORT | i8042::COMMAND_PORT
                 if data.len() == 1 && i8042::write(port, data[0]) == i8042::I8042Action::Reset =>
@@ -166,6 +177,7 @@ fn replay(ring: &mut CoalescedRing, serial: &mut Console) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use vmm_sys_util::eventfd::EventFd;
 
     fn bus() -> Bus {
@@ -227,6 +239,55 @@ mod tests {
         let mut b = bus();
         b.coalesced = Some(SerialCoalescing::new(ring, vm));
         Some(b)
+    }
+
+    /// Records each write the console makes to its sink.
+    struct Writes(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_polled_line_stays_queued_across_status_reads_and_leaves_in_one_write() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("skipped: no /dev/kvm");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let mut page = [0u64; 512];
+        for &c in b"hello\r\n" {
+            crate::vstate::coalesced::produce(&mut page, 0x3f8, c);
+        }
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut b = Bus {
+            serial: super::super::serial::console(irq, Box::new(Writes(writes.clone()))),
+            pci: PciRoot::new(),
+            coalesced: Some(SerialCoalescing::new(CoalescedRing::over(&mut page), vm)),
+        };
+        for _ in 0..8 {
+            let mut lsr = [0u8];
+            b.pio_read(0x3fd, &mut lsr);
+            assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+        }
+        assert!(
+            writes.lock().unwrap().is_empty(),
+            "status reads replay nothing"
+        );
+        assert!(b.coalesced_pending());
+        // Any other exit replays the line, in one write.
+        b.pio_write(0x80, &[0]);
+        assert_eq!(*writes.lock().unwrap(), vec![b"hello\r\n".to_vec()]);
+        // A byte written with an exit leaves at the end of that exit.
+        b.coalesced = None;
+        b.pio_write(0x3f8, b"!");
+        assert_eq!(writes.lock().unwrap().last().unwrap(), b"!");
     }
 
     #[test]

@@ -25,11 +25,60 @@ impl Trigger for IrqTrigger {
 }
 
 /// The guest console.
-pub type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+pub type Console = Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>;
 
 /// Creates COM1 writing guest output to `out`.
 pub fn console(irq: EventFd, out: Box<dyn Write + Send>) -> Console {
-    Serial::new(IrqTrigger(irq), out)
+    Serial::new(IrqTrigger(irq), ConsoleSink::new(out))
+}
+
+/// Most bytes held between drains: a full coalesced ring is about 170.
+const SINK_HOLD_MAX: usize = 4096;
+
+/// The UART's output side. The UART flushes after every byte; the sink
+/// holds the bytes instead until the bus [drains](ConsoleSink::drain) it
+/// at the end of the exit that produced them, so a burst replayed from
+/// the coalesced ring leaves in one write (one message to the buyer)
+/// rather than one per byte, and no byte waits past its exit.
+pub struct ConsoleSink {
+    out: Box<dyn Write + Send>,
+    held: Vec<u8>,
+}
+
+impl ConsoleSink {
+    /// A sink in front of `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out,
+            held: Vec::new(),
+        }
+    }
+
+    /// Writes what is held to `out` and flushes it. A failing sink must
+    /// not stop the guest: its bytes are dropped.
+    pub fn drain(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let _ = self.out.write_all(&self.held);
+        let _ = self.out.flush();
+        self.held.clear();
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.held.extend_from_slice(buf);
+        if self.held.len() >= SINK_HOLD_MAX {
+            self.drain();
+        }
+        Ok(buf.len())
+    }
+
+    /// Keeps holding: bytes leave at the next [`ConsoleSink::drain`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -56,6 +105,8 @@ mod tests {
         for b in b"hi" {
             s.write(0, *b).unwrap();
         }
+        assert!(buf.lock().unwrap().is_empty(), "held until drained");
+        s.writer_mut().drain();
         assert_eq!(&*buf.lock().unwrap(), b"hi");
         // LSR: transmitter empty.
         assert_ne!(s.read(5) & 0x20, 0);
@@ -64,5 +115,18 @@ mod tests {
         assert_eq!(irq.read().unwrap(), 1);
         assert_ne!(s.read(5) & 1, 0, "data ready");
         assert_eq!(s.read(0), b'x');
+    }
+
+    #[test]
+    fn a_long_burst_is_drained_before_it_grows_past_the_bound() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = console(irq, Box::new(Shared(buf.clone())));
+        for _ in 0..SINK_HOLD_MAX + 10 {
+            s.write(0, b'.').unwrap();
+        }
+        assert_eq!(buf.lock().unwrap().len(), SINK_HOLD_MAX);
+        s.writer_mut().drain();
+        assert_eq!(buf.lock().unwrap().len(), SINK_HOLD_MAX + 10);
     }
 }

@@ -144,7 +144,7 @@ impl CoalescedRing {
 
     /// A ring over a page that is not KVM's, for tests of the consumer.
     #[cfg(test)]
-    fn over(page: &mut [u64; 512]) -> Self {
+    pub(crate) fn over(page: &mut [u64; 512]) -> Self {
         Self {
             page: NonNull::new(page.as_mut_ptr().cast()).unwrap(),
             page_size: 4096,
@@ -165,23 +165,24 @@ impl Drop for CoalescedRing {
     }
 }
 
+/// Appends an entry the way KVM does (`coalesced_mmio_write`).
+#[cfg(test)]
+pub(crate) fn produce(page: &mut [u64; 512], port: u64, byte: u8) {
+    // SAFETY: the same 4096 bytes, viewed as bytes.
+    let bytes: &mut [u8; 4096] = unsafe { &mut *(page as *mut [u64; 512]).cast() };
+    let slots = ((4096 - HEADER) / ENTRY) as u32;
+    let last = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
+    let at = HEADER + last as usize * ENTRY;
+    bytes[at..at + 8].copy_from_slice(&port.to_ne_bytes());
+    bytes[at + 8..at + 12].copy_from_slice(&1u32.to_ne_bytes());
+    bytes[at + 12..at + 16].copy_from_slice(&1u32.to_ne_bytes());
+    bytes[at + 16] = byte;
+    bytes[4..8].copy_from_slice(&((last + 1) % slots).to_ne_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Appends an entry the way KVM does (`coalesced_mmio_write`).
-    fn produce(page: &mut [u64; 512], port: u64, byte: u8) {
-        // SAFETY: the same 4096 bytes, viewed as bytes.
-        let bytes: &mut [u8; 4096] = unsafe { &mut *(page as *mut [u64; 512]).cast() };
-        let slots = ((4096 - HEADER) / ENTRY) as u32;
-        let last = u32::from_ne_bytes(bytes[4..8].try_into().unwrap());
-        let at = HEADER + last as usize * ENTRY;
-        bytes[at..at + 8].copy_from_slice(&port.to_ne_bytes());
-        bytes[at + 8..at + 12].copy_from_slice(&1u32.to_ne_bytes());
-        bytes[at + 12..at + 16].copy_from_slice(&1u32.to_ne_bytes());
-        bytes[at + 16] = byte;
-        bytes[4..8].copy_from_slice(&((last + 1) % slots).to_ne_bytes());
-    }
 
     #[test]
     fn drains_in_order_across_the_wrap() {

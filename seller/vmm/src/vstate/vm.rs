@@ -1,7 +1,7 @@
 //! The KVM VM: memory slots, in-kernel irqchip (PIC + IOAPIC), PIT.
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
@@ -16,6 +16,14 @@ pub enum VmError {
     /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm ({0}); is KVM available and are you in the kvm group?")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// A CPUID list handed in by the caller is empty or too long.
+    #[error("a host CPUID list of {entries} entries was handed in; KVM takes 1 to {max}")]
+    BadCpuid {
+        /// Entries handed in.
+        entries: usize,
+        /// KVM's limit.
+        max: usize,
+    },
     /// A KVM ioctl failed.
     #[error("KVM {what} failed: {source}")]
     Kvm {
@@ -53,6 +61,68 @@ pub fn create(mem: &GuestMemoryMmap) -> Result<Created, VmError> {
 pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
+}
+
+/// One CPUID entry as plain words: function, index, flags, eax, ebx, ecx,
+/// edx (the fields of `kvm_cpuid_entry2`).
+pub type CpuidWords = [u32; 7];
+
+/// KVM's supported CPUID list for this host, read once by a long-lived
+/// caller (the seller daemon) and handed to each VM it starts, which then
+/// skips [`supported_cpuid`]: on a host that is itself a VM that read is
+/// about a tenth of a small VM's start-up CPU.
+#[derive(Clone, Debug)]
+pub struct HostCpuid(CpuId);
+
+impl HostCpuid {
+    /// Reads the list from KVM.
+    pub fn read(kvm: &Kvm) -> Result<Self, VmError> {
+        supported_cpuid(kvm).map(Self)
+    }
+
+    /// Opens `/dev/kvm` and reads the list.
+    pub fn read_host() -> Result<Self, VmError> {
+        Self::read(&Kvm::new().map_err(VmError::OpenKvm)?)
+    }
+
+    /// The list as words, for a message to another process.
+    pub fn to_words(&self) -> Vec<CpuidWords> {
+        self.0
+            .as_slice()
+            .iter()
+            .map(|e| [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx])
+            .collect()
+    }
+
+    /// The list from words; empty or over KVM's limit is an error.
+    pub fn from_words(words: &[CpuidWords]) -> Result<Self, VmError> {
+        let bad = || VmError::BadCpuid {
+            entries: words.len(),
+            max: KVM_MAX_CPUID_ENTRIES,
+        };
+        if words.is_empty() || words.len() > KVM_MAX_CPUID_ENTRIES {
+            return Err(bad());
+        }
+        let entries: Vec<kvm_cpuid_entry2> = words
+            .iter()
+            .map(|w| kvm_cpuid_entry2 {
+                function: w[0],
+                index: w[1],
+                flags: w[2],
+                eax: w[3],
+                ebx: w[4],
+                ecx: w[5],
+                edx: w[6],
+                ..Default::default()
+            })
+            .collect();
+        CpuId::from_entries(&entries).map(Self).map_err(|_| bad())
+    }
+
+    /// The list as KVM's type.
+    pub fn cpuid(&self) -> &CpuId {
+        &self.0
+    }
 }
 
 /// Asks KVM to queue the guest's 1-byte writes to COM1's transmit register
@@ -95,4 +165,38 @@ pub fn create_with(kvm: Kvm, mem: &GuestMemoryMmap) -> Result<Created, VmError> 
         vm,
         serial_coalesced,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_words_round_trip() {
+        let words = vec![
+            [0, 0, 0, 0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            [7, 0, 1, 0, 1, 2, 3],
+        ];
+        let c = HostCpuid::from_words(&words).unwrap();
+        assert_eq!(c.to_words(), words);
+        assert_eq!(c.cpuid().as_slice().len(), 2);
+    }
+
+    #[test]
+    fn empty_or_oversized_cpuid_lists_are_refused() {
+        for n in [0, KVM_MAX_CPUID_ENTRIES + 1] {
+            let e = HostCpuid::from_words(&vec![[0; 7]; n]).unwrap_err();
+            assert!(e.to_string().contains(&format!("{n} entries")), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_host_list_survives_words() {
+        let Ok(kvm) = Kvm::new() else {
+            return;
+        };
+        let host = HostCpuid::read(&kvm).unwrap();
+        let back = HostCpuid::from_words(&host.to_words()).unwrap();
+        assert_eq!(back.cpuid().as_slice(), host.cpuid().as_slice());
+    }
 }
