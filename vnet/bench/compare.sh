@@ -2,8 +2,10 @@
 # Side-by-side throughput/latency of bare veth, vnet (direct and relayed),
 # boringtun and wireguard-go over the same veth pair between two network
 # namespaces this script creates (and always deletes). Needs root, iperf3,
-# ping, wg (wireguard-tools), wireguard-go, boringtun-cli, and a release
-# build of vnet-node (cargo build --release -p cpushare-vnet).
+# ping, gcc, wg (wireguard-tools), wireguard-go, boringtun-cli, and a
+# release build of vnet-node (cargo build --release -p cpushare-vnet).
+# It also runs floor_forwarder.c, a plain TUN<->UDP forwarder with no
+# crypto: the RTT a userspace tunnel cannot beat here without spinning.
 #
 # Usage: vnet/bench/compare.sh [seconds-per-run]   (default 5)
 # Environment: PING_INTERVAL (seconds between pings, default 0.005);
@@ -38,7 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 [ "$(id -u)" = 0 ] || { echo "compare.sh needs root (namespaces, veth, TUN)" >&2; exit 1; }
-NEEDED=(iperf3 jq "$VNET")
+NEEDED=(iperf3 jq gcc "$VNET")
 [ "$QUICK" = 1 ] || NEEDED+=(wg wireguard-go "$BT")
 for t in "${NEEDED[@]}"; do
     command -v "$t" >/dev/null || [ -x "$t" ] || { echo "missing $t" >&2; exit 1; }
@@ -85,6 +87,16 @@ measure() { # name dst
 echo "measuring ${DUR}s per run..." >&2
 measure bare 10.99.0.2
 
+# ---- the floor: a plain forwarder, no crypto, one packet per syscall -------
+gcc -O2 -o "$TMP/floor" "$ROOT/vnet/bench/floor_forwarder.c"
+ip netns exec $A "$TMP/floor" fl0 51840 10.99.0.2 51840 2>"$TMP/fa.log" & PIDS+=($!)
+ip netns exec $B "$TMP/floor" fl0 51840 10.99.0.1 51840 2>"$TMP/fb.log" & PIDS+=($!)
+for _ in $(seq 1 50); do ip -n $A link show fl0 >/dev/null 2>&1 && ip -n $B link show fl0 >/dev/null 2>&1 && break; sleep 0.1; done
+ip -n $A addr add 10.55.0.1/24 dev fl0; ip -n $A link set fl0 mtu 1420 up
+ip -n $B addr add 10.55.0.2/24 dev fl0; ip -n $B link set fl0 mtu 1420 up
+measure floor 10.55.0.2
+kill "${PIDS[-1]}" "${PIDS[-2]}"; wait "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true; PIDS=(); sleep 0.3
+
 # ---- vnet ----------------------------------------------------------------
 KA=$("$VNET" genkey); KB=$("$VNET" genkey); KR=$("$VNET" genkey)
 PA=$("$VNET" pubkey "$KA"); PB=$("$VNET" pubkey "$KB"); PR=$("$VNET" pubkey "$KR")
@@ -105,8 +117,8 @@ kill "${PIDS[-1]}" "${PIDS[-2]}"; wait "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null |
 if [ "$QUICK" = 1 ]; then
     echo
     echo "quick run: ${DUR}s iperf3 TCP per run, $PING_COUNT pings every ${PING_INTERVAL}s; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
-    awk -v r="${RTT[vnet]}" -v br="${RTT[bare]}" -v t1="${T1[vnet]}" -v t4="${T4[vnet]}" \
-        'BEGIN { split(r, x, "/"); split(br, y, "/"); printf "vnet - bare: %+d us p50, %+d us avg; vnet %.2f / %.2f Gbit/s (1/4 streams)\n", x[1]-y[1], x[2]-y[2], t1, t4 }'
+    awk -v r="${RTT[vnet]}" -v br="${RTT[bare]}" -v fr="${RTT[floor]}" -v t1="${T1[vnet]}" -v t4="${T4[vnet]}" \
+        'BEGIN { split(r, x, "/"); split(br, y, "/"); split(fr, f, "/"); printf "vnet - bare: %+d us p50, %+d us avg (floor - bare: %+d us p50); vnet %.2f / %.2f Gbit/s (1/4 streams)\n", x[1]-y[1], x[2]-y[2], f[1]-y[1], t1, t4 }'
     exit 0
 fi
 
@@ -126,8 +138,8 @@ measure vnet-relayed 10.77.0.2
 jq -r '.peers[] | select(.address=="10.77.0.2") | "  (path to B: \(.path))"' "$TMP/10.77.0.1.status" >&2 || true
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); sleep 0.3
 if [ "$NO_WG" = 1 ]; then
-    awk -v v="${T1[vnet]}" -v r="${T1[vnet-relayed]}" -v a="${RTT[vnet]}" -v b="${RTT[bare]}" \
-        'BEGIN { split(a, x, "/"); split(b, y, "/"); printf "vnet - bare: %+d us p50; vnet %.2f Gbit/s, relayed %.2f; relayed/direct (1 stream): %.2f\n", x[1]-y[1], v, r, r/v }'
+    awk -v v="${T1[vnet]}" -v r="${T1[vnet-relayed]}" -v a="${RTT[vnet]}" -v b="${RTT[bare]}" -v fr="${RTT[floor]}" \
+        'BEGIN { split(a, x, "/"); split(b, y, "/"); split(fr, f, "/"); printf "vnet - bare: %+d us p50 (floor - bare: %+d); vnet %.2f Gbit/s, relayed %.2f; relayed/direct (1 stream): %.2f\n", x[1]-y[1], f[1]-y[1], v, r, r/v }'
     exit 0
 fi
 
@@ -162,10 +174,10 @@ awk -v a="${T1[wireguard-go]}" -v b="${T1[boringtun]}" 'BEGIN { exit !(a > b) }'
 echo
 echo "vnet benchmark: ${DUR}s iperf3 TCP per run, $PING_COUNT pings every ${PING_INTERVAL}s; $(nproc) cores; $(uname -r); load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-14s %10s %10s %12s %9s %9s %9s %9s\n' path "1-str Gb/s" "4-str Gb/s" "rtt p50/avg" "1s/bare" "1s/best" "4s/best" "+p50 us"
-for k in bare vnet vnet-relayed boringtun wireguard-go; do
+for k in bare floor vnet vnet-relayed boringtun wireguard-go; do
     awk -v n="$k" -v t1="${T1[$k]}" -v t4="${T4[$k]}" -v r="${RTT[$k]}" -v b1="${T1[bare]}" -v w1="${T1[$best]}" -v w4="${T4[$best]}" -v br="${RTT[bare]}" \
         'BEGIN { split(r, x, "/"); split(br, y, "/"); printf "%-14s %10.2f %10.2f %12s %8.2fx %8.2fx %8.2fx %+9d\n", n, t1, t4, r, t1/b1, t1/w1, t4/w4, x[1]-y[1] }'
 done
-echo "(best WireGuard by 1-stream throughput: $best)"
+echo "(best WireGuard by 1-stream throughput: $best; floor: plain TUN<->UDP forwarder, no crypto, see floor_forwarder.c)"
 awk -v v="${T1[vnet]}" -v r="${T1[vnet-relayed]}" -v v4="${T4[vnet]}" -v w4="${T4[$best]}" \
     'BEGIN { printf "\nrelayed/direct (1 stream): %.2f   vnet/%s (4 streams): %.2fx\n", r/v, "'$best'", v4/w4 }'
