@@ -27,7 +27,8 @@ pub struct Inspection {
     pub initrd: Option<String>,
     /// Initrd size.
     pub initrd_size: Option<u64>,
-    /// Command line the guest gets (the seller appends `console=ttyS0`).
+    /// Command line the guest gets (the seller frames the ISO's with
+    /// `panic=-1` and `console=ttyS0`).
     pub cmdline: Option<String>,
     /// Which config it came from.
     pub source: Option<String>,
@@ -61,7 +62,7 @@ pub fn inspect_iso(path: &Path) -> anyhow::Result<Inspection> {
             out.kernel_size = Some(p.kernel.size);
             out.initrd = p.initrd.as_ref().map(|i| i.path.clone());
             out.initrd_size = p.initrd.as_ref().map(|i| i.size);
-            out.cmdline = Some(format!("{} console=ttyS0", p.cmdline).trim().to_string());
+            out.cmdline = Some(cpushare_vmm::iso::guest_cmdline(&p.cmdline));
             out.source = Some(match p.source {
                 BootSource::CpushareToml => "/cpushare.toml".to_string(),
                 BootSource::Syslinux(path) => format!("syslinux {path}"),

@@ -723,7 +723,8 @@ pub struct IsoBoot {
     /// The plan found in the ISO.
     pub plan: iso::BootPlan,
     /// A config that boots it: kernel and initrd bytes, the config's command
-    /// line plus `console=ttyS0`, and the ISO as the read-only disk.
+    /// line framed by [`iso::guest_cmdline`], and the ISO as the read-only
+    /// disk.
     pub config: VmConfig,
 }
 
@@ -757,11 +758,7 @@ fn boot_from_iso_reader(f: &File, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, 
         Some(i) => Some(Payload::Bytes(r.read_path(&i.path, mem_bytes)?)),
         None => None,
     };
-    let cmdline = if plan.cmdline.is_empty() {
-        "console=ttyS0".to_owned()
-    } else {
-        format!("{} console=ttyS0", plan.cmdline)
-    };
+    let cmdline = iso::guest_cmdline(&plan.cmdline);
     Ok(IsoBoot {
         config: VmConfig {
             vcpus,

@@ -264,7 +264,7 @@ fn iso_with_cpushare_toml_boots_and_serves_itself_as_disk() {
     );
     let b = from_iso(&iso, 1, 64 << 20).unwrap();
     assert_eq!(b.plan.kernel.path, "/boot/guest.elf");
-    assert_eq!(b.config.cmdline, "hello blk console=ttyS0");
+    assert_eq!(b.config.cmdline, "panic=-1 hello blk console=ttyS0");
     let (r, out) = boot(b.config);
     assert_eq!(r.unwrap(), VmExit::PowerOff { status: 0 }, "{out}");
     let bytes = std::fs::read(&iso).unwrap();

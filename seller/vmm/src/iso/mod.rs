@@ -207,6 +207,23 @@ fn read_text<R: Read + Seek>(iso: &mut IsoReader<R>, path: &str) -> Result<Strin
     })
 }
 
+/// The command line a guest boots with: the ISO's own, after `panic=-1`
+/// and before `console=ttyS0`. The console is the lease's; `panic=-1`
+/// reboots a panicked guest at once, and this VMM ends the lease on a
+/// reboot, so a guest that cannot go on stops its bill instead of
+/// spinning. That includes `poweroff` on a systemd distribution: this VMM
+/// has no ACPI, so the kernel cannot power off and kills the task that
+/// asked (`reboot(2)` ends in its exit); that task is PID 1, so the kernel
+/// panics. Placed first, `panic=` can be overridden by the ISO's own.
+pub fn guest_cmdline(iso_cmdline: &str) -> String {
+    let iso_cmdline = iso_cmdline.trim();
+    if iso_cmdline.is_empty() {
+        "panic=-1 console=ttyS0".to_owned()
+    } else {
+        format!("panic=-1 {iso_cmdline} console=ttyS0")
+    }
+}
+
 /// Finds how to boot an ISO; checks that the kernel and initrd exist.
 pub fn inspect<R: Read + Seek>(iso: &mut IsoReader<R>) -> Result<BootPlan, IsoError> {
     let (entry, source) = find_entry(iso)?;
@@ -272,4 +289,18 @@ fn find_entry<R: Read + Seek>(iso: &mut IsoReader<R>) -> Result<(BootEntry, Boot
         }
     }
     Err(IsoError::NoBootConfig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guest_cmdline;
+
+    #[test]
+    fn the_guest_cmdline_frames_the_isos_so_it_can_override_panic() {
+        assert_eq!(guest_cmdline(""), "panic=-1 console=ttyS0");
+        assert_eq!(
+            guest_cmdline(" boot=live quiet panic=0 "),
+            "panic=-1 boot=live quiet panic=0 console=ttyS0"
+        );
+    }
 }
