@@ -22,6 +22,9 @@
  *   membomb N      write one byte in every 4 KiB page of N MiB of guest
  *                  RAM from 16 MiB up, from ring 3, printing progress
  *                  every 16 MiB, then "membomb: touched N MiB"
+ *   sleep N        wait N seconds in ring 3 by the TSC, its rate measured
+ *                  against PIT channel 2; then "sleep: N s"
+ *                  (status 6 if the PIT does not count)
  *   exit N         power off now with status N
  *   fault          triple-fault (ring-3 #UD with no IDT)
  * An empty command line means "hello".
@@ -472,6 +475,47 @@ static void membomb(u64 mib) {
 	puts_("membomb: touched "); putu(mib); puts_(" MiB\n");
 }
 
+/* ---- sleep: wall time by the TSC, its rate measured on the PIT ----
+ * PIT channel 2 (1.193182 MHz, gate and OUT through port 0x61, no
+ * interrupt) counts down PIT_CAL ticks in mode 0; OUT rises at zero. The
+ * TSC cycles that took, least of PIT_ROUNDS tries (a preempted try only
+ * comes out longer), give the TSC's rate; the wait itself reads only the
+ * TSC, so no preemption makes it shorter or lose time. */
+#define PIT_HZ 1193182ul
+#define PIT_CAL 59659u /* 50 ms */
+#define PIT_ROUNDS 5
+#define PIT_CMD 0x43
+#define PIT_CH2 0x42
+#define PORT_B 0x61
+
+/* TSC cycles per second, or 0 if channel 2's OUT never moves. */
+static u64 tsc_hz(void) {
+	u64 best = ~0ul;
+	for (int i = 0; i < PIT_ROUNDS; i++) {
+		outb(PORT_B, (u8)((inb(PORT_B) & ~0x02) | 0x01)); /* gate on, speaker off */
+		outb(PIT_CMD, 0xb0); /* channel 2, lobyte/hibyte, mode 0, binary */
+		outb(PIT_CH2, PIT_CAL & 0xff);
+		outb(PIT_CH2, PIT_CAL >> 8);
+		u64 t0 = rdtsc();
+		if (inb(PORT_B) & 0x20) return 0; /* OUT is low until zero */
+		u64 n = 0;
+		while (!(inb(PORT_B) & 0x20))
+			if (++n > 1000000000ul) return 0;
+		u64 d = rdtsc() - t0;
+		if (d < best) best = d;
+	}
+	return best * PIT_HZ / PIT_CAL;
+}
+
+static int sleep_secs(u64 secs) {
+	u64 hz = tsc_hz();
+	if (!hz) { puts_("sleep: the PIT does not count\n"); return 6; }
+	u64 t0 = rdtsc();
+	while (rdtsc() - t0 < secs * hz) __asm__ volatile("pause");
+	puts_("sleep: "); putu(secs); puts_(" s\n");
+	return 0;
+}
+
 void user_main(u64 start_info, u64 boot_params) {
 	const char *cmd = "";
 	/* hvm_start_info: magic at 0, cmdline_paddr at 24. boot_params:
@@ -513,6 +557,10 @@ void user_main(u64 start_info, u64 boot_params) {
 			continue;
 		} else if (word_is(cmd, "net")) {
 			cmd = net_cmd(next_word(cmd), &status);
+			continue;
+		} else if (word_is(cmd, "sleep")) {
+			u64 n; cmd = parse_u64(next_word(cmd), &n);
+			if (sleep_secs(n)) status = 6;
 			continue;
 		} else if (word_is(cmd, "exit")) {
 			u64 n; parse_u64(next_word(cmd), &n);

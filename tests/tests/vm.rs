@@ -4,23 +4,35 @@
 //! machine's software KVM); stock-Linux ISOs are tested in seller/vmm where
 //! hardware KVM exists.
 
-use cpushare_tests::{test_guest_iso, Broker, Buyer, Seller};
+use cpushare_tests::{spawn_run, test_guest_iso, wait_output, Broker, Buyer, Seller};
+use std::time::Duration;
 
-#[test]
-fn a_live_iso_boots_on_a_seller_and_its_power_off_ends_the_lease_and_the_bill() {
+/// VM lease tests need `/dev/kvm`; without it they fail rather than skip.
+fn require_kvm() {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "/dev/kvm is missing: VM lease tests must run on a KVM host"
     );
+}
+
+/// A seller of `cpus` vCPUs at 0.001 per vCPU-minute offering `kinds`,
+/// VM leases included even on this machine's software KVM.
+fn vm_seller(broker: &Broker, name: &str, cpus: u32, kinds: &str) -> Seller {
+    Seller::start_with(
+        broker,
+        name,
+        cpus,
+        "0.001",
+        &["--kinds", kinds, "--allow-software-kvm"],
+    )
+}
+
+#[test]
+fn a_live_iso_boots_on_a_seller_and_its_power_off_ends_the_lease_and_the_bill() {
+    require_kvm();
     let iso = test_guest_iso("e2e-hello", "hello blk smp 2 exit 3");
     let broker = Broker::start(None);
-    let _seller = Seller::start_with(
-        &broker,
-        "vm-seller",
-        2,
-        "0.001",
-        &["--kinds", "wasm,vm", "--allow-software-kvm"],
-    );
+    let _seller = vm_seller(&broker, "vm-seller", 2, "wasm,vm");
     let buyer = Buyer::login(&broker, "vm-buyer", "1");
     let out = buyer.run(&[
         "--json",
@@ -107,13 +119,7 @@ fn what_the_buyer_types_reaches_the_guest_console() {
     use std::io::Write;
     let iso = test_guest_iso("e2e-read", "hello read exit 0");
     let broker = Broker::start(None);
-    let _seller = Seller::start_with(
-        &broker,
-        "console-seller",
-        1,
-        "0.001",
-        &["--kinds", "vm", "--allow-software-kvm"],
-    );
+    let _seller = vm_seller(&broker, "console-seller", 1, "vm");
     let buyer = Buyer::login(&broker, "typist", "1");
     let mut child = buyer
         .cmd()
@@ -137,4 +143,90 @@ fn what_the_buyer_types_reaches_the_guest_console() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// Seconds the renewed guest sleeps: past one minute (plus the seller's
+/// 5 s of slack), well inside two.
+const RENEWED_GUEST_SECS: u32 = 75;
+
+#[test]
+fn a_renewed_vm_lease_runs_past_its_first_minute_and_is_billed_the_minutes_it_ran() {
+    require_kvm();
+    // Price 0.001 per vCPU-minute, in micro-credits; the buyer's 1 credit.
+    const PRICE: i64 = 1_000;
+    const CREDIT: i64 = 1_000_000;
+    const VCPUS: i64 = 2;
+    let iso = test_guest_iso(
+        "e2e-renewed",
+        &format!("hello sleep {RENEWED_GUEST_SECS} exit 7"),
+    );
+    let broker = Broker::start(None);
+    let _seller = vm_seller(&broker, "vm-steady", 2, "vm");
+    let buyer = Buyer::login(&broker, "vm-rene", "1");
+    let mut run = spawn_run(
+        &buyer,
+        &[
+            iso.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--mem",
+            "64M",
+            "--minutes",
+            "1",
+            "--renew-up-to",
+            "2",
+            "--retries",
+            "0",
+            "--wait",
+            "120",
+        ],
+    );
+    let out = wait_output(&mut run, Duration::from_secs(300));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+
+    // The guest slept its seconds through in its one lease, past the
+    // first paid minute, and powered off with its own status.
+    assert!(
+        stdout.contains(&format!("sleep: {RENEWED_GUEST_SECS} s")),
+        "the guest finished its sleep: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let leases = buyer.json("leases");
+    let all = leases.as_array().expect("leases");
+    assert_eq!(all.len(), 1, "one lease, never placed again: {leases}");
+    let lease = &all[0];
+    let id = lease["id"].as_str().expect("lease id");
+    assert!(
+        stderr.contains(&format!("renewed lease {id} to 2 minutes")),
+        "the buyer is told of the renewal: {stderr}"
+    );
+    assert_eq!(lease["kind"], "vm", "{lease}");
+    assert_eq!(lease["state"], "ended", "{lease}");
+    assert_eq!(lease["end"], "powered off with status 7", "{lease}");
+    assert_eq!(lease["minutes"], 2, "{lease}");
+    assert_eq!(lease["settled_minutes"], 2, "{lease}");
+    // Priced per vCPU-minute: 2 vCPUs x 2 minutes x 0.001.
+    assert_eq!(lease["cost"].as_i64(), Some(2 * VCPUS * PRICE), "{lease}");
+    assert_eq!(broker.balance("user:vm-rene"), CREDIT - 2 * VCPUS * PRICE);
+
+    // Every credit is accounted for: the ledger sums to zero, the seller
+    // and the broker's fee hold exactly what the buyer paid, and no escrow
+    // or hold is left behind.
+    let ledger = broker.ledger();
+    let earned: i64 = ledger
+        .iter()
+        .filter(|(a, _)| a == "user:vm-steady" || a == "broker:fees")
+        .map(|(_, b)| b)
+        .sum();
+    assert_eq!(earned, 2 * VCPUS * PRICE, "{ledger:?}");
+    for (account, balance) in &ledger {
+        if account.starts_with("escrow:") || account.starts_with("hold:") {
+            assert_eq!(*balance, 0, "{account} left with money: {ledger:?}");
+        }
+    }
 }
