@@ -310,6 +310,26 @@ impl Broker {
             .collect()
     }
 
+    /// The ledger once every order has closed: it sums to zero (checked
+    /// by [`Broker::ledger`]), no hold or escrow account keeps money, and
+    /// the seller `seller` plus the broker's fee account earned exactly
+    /// `earned` micro-credits. Returns the ledger for further checks.
+    pub fn assert_settled(&self, seller: &str, earned: i64) -> Vec<(String, i64)> {
+        let ledger = self.ledger();
+        for (account, b) in &ledger {
+            if account.starts_with("hold:") || account.starts_with("escrow:") {
+                assert_eq!(*b, 0, "{account} still holds {b}: {ledger:?}");
+            }
+        }
+        let got: i64 = ledger
+            .iter()
+            .filter(|(a, _)| *a == format!("user:{seller}") || a == "broker:fees")
+            .map(|(_, b)| b)
+            .sum();
+        assert_eq!(got, earned, "seller {seller} and fees: {ledger:?}");
+        ledger
+    }
+
     /// One account's balance in micro-credits (0 if absent).
     pub fn balance(&self, account: &str) -> i64 {
         self.ledger()

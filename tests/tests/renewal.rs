@@ -93,18 +93,7 @@ fn a_renewed_lease_runs_past_its_first_minute_and_an_unrenewed_one_is_cut() {
     // Every credit is accounted for: the ledger sums to zero, the seller
     // and the broker's fee hold exactly what the buyers paid, and no
     // escrow or hold is left behind.
-    let ledger = broker.ledger();
-    let earned: i64 = ledger
-        .iter()
-        .filter(|(a, _)| a == "user:steady" || a == "broker:fees")
-        .map(|(_, b)| b)
-        .sum();
-    assert_eq!(earned, 3 * PRICE, "{ledger:?}");
-    for (account, balance) in &ledger {
-        if account.starts_with("escrow:") || account.starts_with("hold:") {
-            assert_eq!(*balance, 0, "{account} left with money: {ledger:?}");
-        }
-    }
+    broker.assert_settled("steady", 3 * PRICE);
 }
 
 #[test]

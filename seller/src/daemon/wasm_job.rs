@@ -11,7 +11,7 @@ use crate::jail::cgroup::{CgroupLimits, LeaseCgroup};
 use crate::jail::supervisor::{self, Sandbox, SpawnSpec};
 use crate::jail::verdict;
 use cpushare_proto::msg::{LeaseEnd, LeaseSpec, SellerMsg};
-use cpushare_proto::sandbox::{FromSandbox, SandboxJob, ToSandbox};
+use cpushare_proto::sandbox::{FromSandbox, SandboxEnd, SandboxJob, ToSandbox};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,7 +198,7 @@ async fn drive(
     job: SandboxJob,
     stop: &StopSignal,
     mut paid: watch::Receiver<u32>,
-) -> Option<cpushare_proto::sandbox::SandboxEnd> {
+) -> Option<SandboxEnd> {
     let began = tokio::time::Instant::now();
     let wall = Duration::from_millis(job.wall_time_ms);
     let watchdog = tokio::time::sleep(wall + WATCHDOG_SLACK);
@@ -266,7 +266,13 @@ async fn drive(
                 }
             }
             () = &mut watchdog => {
+                // The sandbox's own wall budget should have ended the job
+                // already; one starved of CPU by the seller's own work (its
+                // cgroup weighs next to nothing against the host's tasks)
+                // may not have run to look at its clock. This is the same
+                // budget, so its end carries the same name.
                 sandbox.kill();
+                return Some(SandboxEnd::WallTimeExceeded);
             }
         }
     }
