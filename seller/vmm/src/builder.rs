@@ -294,7 +294,7 @@ impl Vm {
         Self::with_files(cfg, HostHandoff::default(), console_out, console_in)
     }
 
-    /// [`Vm::new`] on host files already open.
+    /// [`Vm::new`] with what the host hands in ready-made ([`HostHandoff`]).
     pub fn with_files(
         cfg: VmConfig,
         files: HostHandoff,
