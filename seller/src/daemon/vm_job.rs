@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 const WALL_SLACK: Duration = Duration::from_secs(5);
 
 /// KVM's supported CPUID list, read on the first VM lease and handed to
-/// every VM sandbox after it, which then skips the read (a tenth of a
+/// every VM sandbox after it, which then skips the read (about 6 % of a
 /// small VM's start-up CPU where the host is itself a VM). Empty if KVM
 /// cannot be opened here: the sandbox then reads it, and says why not.
 fn host_cpuid() -> Vec<[u32; 7]> {

@@ -90,9 +90,7 @@ pub enum VcpuOutcome {
 }
 
 /// Creates vCPU `id` of `count` and gives it its boot state: `supported`
-/// (what KVM offers, read once per VM by
-/// [`supported_cpuid`](crate::vstate::vm::supported_cpuid) or once per host
-/// as a [`HostCpuid`](crate::vstate::vm::HostCpuid)) filtered for
+/// (what KVM offers, a [`HostCpuid`](crate::vstate::vm::HostCpuid)) filtered for
 /// this vCPU, MSRs, LAPIC; only the boot vCPU (0) gets `entry`, the others
 /// wait for INIT/SIPI in the LAPIC.
 pub fn create(

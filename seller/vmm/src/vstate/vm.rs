@@ -55,29 +55,24 @@ pub fn create(mem: &GuestMemoryMmap) -> Result<Created, VmError> {
     create_with(Kvm::new().map_err(VmError::OpenKvm)?, mem)
 }
 
-/// The CPUID entries KVM supports on this host, the base of every vCPU's
-/// CPUID (read once per VM: each read runs the host's CPUID instruction
-/// for every leaf, which traps when the host is itself a VM).
-pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, VmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
-}
-
 /// One CPUID entry as plain words: function, index, flags, eax, ebx, ecx,
 /// edx (the fields of `kvm_cpuid_entry2`).
 pub type CpuidWords = [u32; 7];
 
-/// KVM's supported CPUID list for this host, read once by a long-lived
-/// caller (the seller daemon) and handed to each VM it starts, which then
-/// skips [`supported_cpuid`]: on a host that is itself a VM that read is
-/// about a tenth of a small VM's start-up CPU.
+/// KVM's supported CPUID list for this host (`KVM_GET_SUPPORTED_CPUID`),
+/// the base of every vCPU's CPUID. Reading it runs the host's CPUID
+/// instruction for every leaf, each a trap where the host is itself a VM
+/// (about 6 % of a small VM's start-up CPU), so a long-lived caller (the
+/// seller daemon) reads it once and hands it to each VM it starts.
 #[derive(Clone, Debug)]
 pub struct HostCpuid(CpuId);
 
 impl HostCpuid {
     /// Reads the list from KVM.
     pub fn read(kvm: &Kvm) -> Result<Self, VmError> {
-        supported_cpuid(kvm).map(Self)
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map(Self)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))
     }
 
     /// Opens `/dev/kvm` and reads the list.
