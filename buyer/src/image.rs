@@ -23,10 +23,8 @@ pub struct Inspection {
     pub kernel: Option<String>,
     /// Kernel size.
     pub kernel_size: Option<u64>,
-    /// Initrd path inside the ISO.
-    pub initrd: Option<String>,
-    /// Initrd size.
-    pub initrd_size: Option<u64>,
+    /// Initrds inside the ISO, in load order.
+    pub initrds: Vec<InitrdFile>,
     /// Command line the guest gets (the seller frames the ISO's with
     /// `panic=-1` and `console=ttyS0`).
     pub cmdline: Option<String>,
@@ -34,6 +32,15 @@ pub struct Inspection {
     pub source: Option<String>,
     /// Why it cannot boot, if it cannot.
     pub error: Option<String>,
+}
+
+/// One initrd of an [`Inspection`].
+#[derive(Debug, Serialize)]
+pub struct InitrdFile {
+    /// Path inside the ISO.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
 }
 
 /// Inspects the ISO at `path`.
@@ -50,8 +57,7 @@ pub fn inspect_iso(path: &Path) -> anyhow::Result<Inspection> {
         bootable: plan.is_ok(),
         kernel: None,
         kernel_size: None,
-        initrd: None,
-        initrd_size: None,
+        initrds: Vec::new(),
         cmdline: None,
         source: None,
         error: None,
@@ -60,8 +66,14 @@ pub fn inspect_iso(path: &Path) -> anyhow::Result<Inspection> {
         Ok(p) => {
             out.kernel = Some(p.kernel.path.clone());
             out.kernel_size = Some(p.kernel.size);
-            out.initrd = p.initrd.as_ref().map(|i| i.path.clone());
-            out.initrd_size = p.initrd.as_ref().map(|i| i.size);
+            out.initrds = p
+                .initrds
+                .iter()
+                .map(|i| InitrdFile {
+                    path: i.path.clone(),
+                    size: i.size,
+                })
+                .collect();
             out.cmdline = Some(cpushare_vmm::iso::guest_cmdline(&p.cmdline));
             out.source = Some(match p.source {
                 BootSource::CpushareToml => "/cpushare.toml".to_string(),
@@ -86,9 +98,11 @@ pub fn print(i: &Inspection) {
                 i.kernel.as_deref().unwrap_or("?"),
                 i.kernel_size.unwrap_or(0)
             );
-            match (&i.initrd, i.initrd_size) {
-                (Some(p), Some(s)) => println!("initrd   {p} ({s} bytes)"),
-                _ => println!("initrd   none"),
+            if i.initrds.is_empty() {
+                println!("initrd   none");
+            }
+            for rd in &i.initrds {
+                println!("initrd   {} ({} bytes)", rd.path, rd.size);
             }
             println!("cmdline  {}", i.cmdline.as_deref().unwrap_or(""));
             println!(

@@ -722,14 +722,15 @@ fn spawn_console_input(
 pub struct IsoBoot {
     /// The plan found in the ISO.
     pub plan: iso::BootPlan,
-    /// A config that boots it: kernel and initrd bytes, the config's command
+    /// A config that boots it: kernel and initrd bytes (several initrds
+    /// concatenated, as a boot loader hands them over), the config's command
     /// line framed by [`iso::guest_cmdline`], and the ISO as the read-only
     /// disk.
     pub config: VmConfig,
 }
 
-/// Reads an ISO's boot config and extracts its kernel and initrd, refusing
-/// files larger than `mem_bytes`.
+/// Reads an ISO's boot config and extracts its kernel and initrds, refusing
+/// a kernel, or initrds together, larger than `mem_bytes`.
 pub fn from_iso(iso_path: &Path, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, VmmError> {
     let err = |source| VmmError::Iso {
         path: iso_path.to_owned(),
@@ -754,10 +755,7 @@ fn boot_from_iso_reader(f: &File, vcpus: u8, mem_bytes: u64) -> Result<IsoBoot, 
     let mut r = IsoReader::new(std::io::BufReader::new(f))?;
     let plan = iso::inspect(&mut r)?;
     let kernel = r.read_path(&plan.kernel.path, mem_bytes)?;
-    let initrd = match &plan.initrd {
-        Some(i) => Some(Payload::Bytes(r.read_path(&i.path, mem_bytes)?)),
-        None => None,
-    };
+    let initrd = iso::read_initrds(&mut r, &plan.initrds, mem_bytes)?.map(Payload::Bytes);
     let cmdline = iso::guest_cmdline(&plan.cmdline);
     Ok(IsoBoot {
         config: VmConfig {

@@ -276,6 +276,43 @@ fn iso_with_cpushare_toml_boots_and_serves_itself_as_disk() {
     assert!(out.contains(&want), "want {want:?} in {out:?}");
 }
 
+/// An isolinux ISO laid out as Arch Linux's (whichsys.c32 chain, three
+/// initrds): the guest sees the initrds as one image, each 4-byte aligned,
+/// as GRUB and syslinux hand them to Linux.
+#[test]
+fn arch_style_iso_boots_with_its_initrds_concatenated() {
+    let parts: [Vec<u8>; 3] = [
+        (0..1001u32).map(|i| (i * 7) as u8).collect(),
+        (0..2050u32).map(|i| (i * 13) as u8).collect(),
+        (0..300_001u32)
+            .map(|i| (i.wrapping_mul(7919) >> 5) as u8)
+            .collect(),
+    ];
+    let kernel = std::fs::read(guest_elf()).unwrap();
+    let src = support::tree(&[
+        ("boot/syslinux/syslinux.cfg", b"DEFAULT select\nLABEL select\nCOM32 boot/syslinux/whichsys.c32\nAPPEND -pxe- pxe -sys- sys -iso- sys\nLABEL sys\nCONFIG archiso_sys.cfg\n"),
+        ("boot/syslinux/archiso_sys.cfg", b"DEFAULT arch64\nLABEL arch64\nLINUX /arch/boot/x86_64/vmlinuz-linux\nINITRD /arch/boot/intel-ucode.img,/arch/boot/amd-ucode.img,/arch/boot/x86_64/initramfs-linux.img\nAPPEND hello initrd exit 6\n"),
+        ("arch/boot/x86_64/vmlinuz-linux", &kernel),
+        ("arch/boot/intel-ucode.img", &parts[0]),
+        ("arch/boot/amd-ucode.img", &parts[1]),
+        ("arch/boot/x86_64/initramfs-linux.img", &parts[2]),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("arch.iso");
+    support::mkisofs(src.path(), &iso, &["-R", "-J"]);
+    let b = from_iso(&iso, 1, 64 << 20).unwrap();
+    assert_eq!(b.plan.initrds.len(), 3);
+    let (r, out) = boot(b.config);
+    assert_eq!(r.unwrap(), VmExit::PowerOff { status: 6 }, "{out}");
+    let mut image = Vec::new();
+    for p in &parts {
+        image.resize(image.len().next_multiple_of(4), 0);
+        image.extend_from_slice(p);
+    }
+    let want = format!("initrd: size={} fnv1a={:08x}", image.len(), fnv1a(&image));
+    assert!(out.contains(&want), "want {want:?} in {out:?}");
+}
+
 #[test]
 fn a_non_iso_gives_a_clear_error() {
     let f = tempfile::NamedTempFile::new().unwrap();

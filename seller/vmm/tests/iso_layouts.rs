@@ -1,12 +1,16 @@
 //! Real ISO layouts built with xorriso: isolinux (Debian live and netinst
-//! style), GRUB, cpushare.toml, Joliet-only and plain ISO9660 names.
+//! style, Arch's whichsys chain), GRUB (Ubuntu, Fedora), an isolinux menu
+//! with no Linux entry beside a GRUB config, cpushare.toml, Joliet-only
+//! and plain ISO9660 names.
 
 mod support;
 
 use std::fs::File;
 use std::path::Path;
 
-use cpushare_vmm::iso::{inspect, BootSource, IsoError, IsoReader, Limits, NameScheme};
+use cpushare_vmm::iso::{
+    inspect, read_initrds, BootSource, IsoError, IsoReader, Limits, NameScheme,
+};
 use support::{mkisofs, tree, xorriso_native};
 
 fn open(iso: &Path) -> IsoReader<File> {
@@ -56,11 +60,106 @@ fn debian_live_isolinux_layout_with_rock_ridge() {
     );
     assert_eq!(plan.kernel.path, "/live/vmlinuz-6.1.0-27-amd64");
     assert_eq!(plan.kernel.size, 5000);
-    assert_eq!(plan.initrd.as_ref().unwrap().size, 7000);
+    assert_eq!(plan.initrds.len(), 1);
+    assert_eq!(plan.initrds[0].size, 7000);
     assert_eq!(plan.cmdline, "boot=live components quiet splash");
     assert_eq!(
         r.read_path(&plan.kernel.path, 1 << 20).unwrap(),
         vec![1u8; 5000]
+    );
+}
+
+#[test]
+fn arch_whichsys_chain_with_three_initrds() {
+    let (_d, iso) = build(
+        &[
+            ("boot/syslinux/syslinux.cfg", b"DEFAULT select\n\nLABEL select\nCOM32 boot/syslinux/whichsys.c32\nAPPEND -pxe- pxe -sys- sys -iso- sys\n\nLABEL pxe\nCONFIG boot/syslinux/archiso_pxe.cfg\n\nLABEL sys\nCONFIG archiso_sys.cfg\n"),
+            ("boot/syslinux/archiso_sys.cfg", b"INCLUDE archiso_head.cfg\nDEFAULT arch64\nTIMEOUT 150\nINCLUDE archiso_sys-linux.cfg\n"),
+            ("boot/syslinux/archiso_head.cfg", b"SERIAL 0 115200\nUI vesamenu.c32\n"),
+            ("boot/syslinux/archiso_sys-linux.cfg", b"LABEL arch64\nTEXT HELP\nBoot the Arch Linux install medium on BIOS.\nENDTEXT\nMENU LABEL Arch Linux install medium (x86_64, BIOS)\nLINUX /arch/boot/x86_64/vmlinuz-linux\nINITRD /arch/boot/intel-ucode.img,/arch/boot/amd-ucode.img,/arch/boot/x86_64/initramfs-linux.img\nAPPEND archisobasedir=arch archisolabel=ARCH_202401\n"),
+            ("arch/boot/x86_64/vmlinuz-linux", &[1u8; 3000]),
+            ("arch/boot/intel-ucode.img", &[2u8; 101]),
+            ("arch/boot/amd-ucode.img", &[3u8; 202]),
+            ("arch/boot/x86_64/initramfs-linux.img", &[4u8; 303]),
+        ],
+        &["-R", "-J"],
+    );
+    let mut r = open(&iso);
+    let plan = inspect(&mut r).unwrap();
+    assert_eq!(
+        plan.source,
+        BootSource::Syslinux("/boot/syslinux/syslinux.cfg".into())
+    );
+    assert_eq!(plan.kernel.path, "/arch/boot/x86_64/vmlinuz-linux");
+    let sizes: Vec<u64> = plan.initrds.iter().map(|i| i.size).collect();
+    assert_eq!(sizes, [101, 202, 303]);
+    assert_eq!(plan.cmdline, "archisobasedir=arch archisolabel=ARCH_202401");
+    // Loaded as one image, each archive 4-byte aligned.
+    let image = read_initrds(&mut r, &plan.initrds, 1 << 20)
+        .unwrap()
+        .unwrap();
+    let mut want = vec![2u8; 101];
+    want.extend([0; 3]);
+    want.extend([3u8; 202]);
+    want.extend([0; 2]);
+    want.extend([4u8; 303]);
+    assert_eq!(image, want);
+    // Together they must fit the limit the VM's memory sets.
+    assert!(matches!(
+        read_initrds(&mut r, &plan.initrds, 600),
+        Err(IsoError::InitrdsTooLarge {
+            size: 611,
+            max: 600
+        })
+    ));
+}
+
+#[test]
+fn fedora_grub2_layout() {
+    let (_d, iso) = build(
+        &[
+            ("boot/grub2/grub.cfg", b"set default=\"1\"\nfunction load_video {\n  insmod all_video\n}\nsearch --no-floppy --set=root -l 'Fedora-WS-Live-41'\nmenuentry 'Start Fedora-Workstation-Live 41' --class fedora {\n\tlinux /images/pxeboot/vmlinuz root=live:CDLABEL=Fedora-WS-Live-41 rd.live.image quiet rhgb\n\tinitrd /images/pxeboot/initrd.img\n}\n"),
+            ("images/pxeboot/vmlinuz", &[1u8; 100]),
+            ("images/pxeboot/initrd.img", &[2u8; 100]),
+        ],
+        &["-R", "-J"],
+    );
+    let plan = inspect(&mut open(&iso)).unwrap();
+    assert_eq!(plan.source, BootSource::Grub("/boot/grub2/grub.cfg".into()));
+    assert_eq!(plan.kernel.path, "/images/pxeboot/vmlinuz");
+    assert_eq!(
+        plan.cmdline,
+        "root=live:CDLABEL=Fedora-WS-Live-41 rd.live.image quiet rhgb"
+    );
+}
+
+#[test]
+fn isolinux_menu_without_linux_falls_back_to_grub() {
+    let (_d, iso) = build(
+        &[
+            ("isolinux/isolinux.cfg", b"default hd\nlabel hd\n com32 chain.c32\n append hd0\n"),
+            ("boot/grub/grub.cfg", b"menuentry 'Try or Install Ubuntu' {\n\tset gfxpayload=keep\n\tlinux\t/casper/vmlinuz  --- quiet splash\n\tinitrd\t/casper/initrd\n}\n"),
+            ("casper/vmlinuz", &[1u8; 100]),
+            ("casper/initrd", &[2u8; 100]),
+        ],
+        &["-R", "-J"],
+    );
+    let plan = inspect(&mut open(&iso)).unwrap();
+    assert_eq!(plan.source, BootSource::Grub("/boot/grub/grub.cfg".into()));
+    assert_eq!(plan.kernel.path, "/casper/vmlinuz");
+    assert_eq!(plan.cmdline, "--- quiet splash");
+    // Without the GRUB config, the isolinux config is what is wrong.
+    let (_d, iso) = build(
+        &[(
+            "isolinux/isolinux.cfg",
+            b"default hd\nlabel hd\n com32 chain.c32\n",
+        )],
+        &["-R"],
+    );
+    let e = inspect(&mut open(&iso)).unwrap_err();
+    assert!(
+        matches!(&e, IsoError::NoBootEntry { config } if config == "/isolinux/isolinux.cfg"),
+        "{e}"
     );
 }
 
@@ -97,7 +196,7 @@ fn cpushare_toml_wins_over_other_configs() {
     let plan = inspect(&mut open(&iso)).unwrap();
     assert_eq!(plan.source, BootSource::CpushareToml);
     assert_eq!(plan.kernel.path, "/boot/Guest.elf");
-    assert_eq!(plan.initrd.unwrap().path, "/boot/initrd");
+    assert_eq!(plan.initrds[0].path, "/boot/initrd");
     assert_eq!(plan.cmdline, "spin 10");
 }
 
@@ -144,7 +243,7 @@ fn plain_iso9660_names_are_found_case_insensitively() {
     assert_eq!(r.scheme(), NameScheme::Iso9660);
     let plan = inspect(&mut r).unwrap();
     assert_eq!(plan.kernel.path, "/boot/vmlinuz");
-    assert_eq!(plan.initrd.unwrap().path, "/boot/initrd.gz");
+    assert_eq!(plan.initrds[0].path, "/boot/initrd.gz");
     assert_eq!(plan.cmdline, "root=/dev/ram0");
 }
 

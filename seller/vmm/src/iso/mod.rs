@@ -1,8 +1,9 @@
 //! Reading buyers' live ISOs: a bounded ISO9660 reader and boot config
-//! discovery, giving a [`BootPlan`] (kernel, initrd, command line).
+//! discovery, giving a [`BootPlan`] (kernel, initrds, command line).
 //!
 //! Discovery order: `/cpushare.toml`, then isolinux/syslinux configs, then
-//! GRUB's `boot/grub/grub.cfg`.
+//! GRUB's (also when an isolinux config names no Linux kernel, as on ISOs
+//! whose isolinux menu only chains to a hard disk).
 
 pub mod boot_config;
 pub mod reader;
@@ -129,11 +130,29 @@ pub enum IsoError {
         /// The path.
         path: String,
     },
-    /// Too many nested `INCLUDE`s.
-    #[error("more than {max} INCLUDE directives in the isolinux config")]
+    /// A config pulls in too many other files (or loops).
+    #[error("the boot config pulls in more than {max} other files (INCLUDE, CONFIG, source)")]
     TooManyIncludes {
         /// Limit.
         max: usize,
+    },
+    /// A boot entry names too many initrds.
+    #[error("the boot entry names {count} initrds, more than the {max} allowed")]
+    TooManyInitrds {
+        /// How many it names.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The initrds together do not fit the limit.
+    #[error(
+        "the initrds are {size} bytes together, over the limit of {max}; give the VM more memory"
+    )]
+    InitrdsTooLarge {
+        /// Their size, with alignment padding.
+        size: u64,
+        /// Limit.
+        max: u64,
     },
     /// A config names no bootable Linux kernel.
     #[error("boot config {config:?} names no Linux kernel")]
@@ -179,8 +198,8 @@ pub struct IsoFile {
 pub struct BootPlan {
     /// The kernel image.
     pub kernel: IsoFile,
-    /// The initrd, if any.
-    pub initrd: Option<IsoFile>,
+    /// The initrds, in load order (often one, none for some kernels).
+    pub initrds: Vec<IsoFile>,
     /// Kernel command line from the config (the seller appends its console).
     pub cmdline: String,
     /// Which config it came from.
@@ -195,9 +214,17 @@ const SYSLINUX_CONFIGS: &[&str] = &[
     "/syslinux/syslinux.cfg",
     "/boot/syslinux/syslinux.cfg",
     "/syslinux.cfg",
+    // openSUSE.
+    "/boot/x86_64/loader/isolinux.cfg",
 ];
-/// GRUB config locations.
-const GRUB_CONFIGS: &[&str] = &["/boot/grub/grub.cfg", "/EFI/BOOT/grub.cfg"];
+/// GRUB config locations: most distributions, Fedora's and openSUSE's
+/// `grub2`, then the EFI boot directory some ISOs keep theirs in.
+const GRUB_CONFIGS: &[&str] = &[
+    "/boot/grub/grub.cfg",
+    "/boot/grub2/grub.cfg",
+    "/EFI/BOOT/grub.cfg",
+    "/EFI/boot/grub.cfg",
+];
 
 /// Reads a text config, bounded by [`boot_config::MAX_CONFIG_BYTES`].
 fn read_text<R: Read + Seek>(iso: &mut IsoReader<R>, path: &str) -> Result<String, IsoError> {
@@ -224,35 +251,56 @@ pub fn guest_cmdline(iso_cmdline: &str) -> String {
     }
 }
 
-/// Finds how to boot an ISO; checks that the kernel and initrd exist.
+/// Finds how to boot an ISO; checks that the kernel and initrds exist.
 pub fn inspect<R: Read + Seek>(iso: &mut IsoReader<R>) -> Result<BootPlan, IsoError> {
     let (entry, source) = find_entry(iso)?;
-    let k = iso.lookup(&entry.kernel)?;
-    if k.is_dir {
-        return Err(IsoError::IsADirectory { name: entry.kernel });
-    }
-    let initrd = match entry.initrd {
-        Some(p) => {
-            let e = iso.lookup(&p)?;
-            if e.is_dir {
-                return Err(IsoError::IsADirectory { name: p });
-            }
-            Some(IsoFile {
-                path: p,
-                size: u64::from(e.size),
-            })
+    let mut file = |path: String| {
+        let e = iso.lookup(&path)?;
+        if e.is_dir {
+            return Err(IsoError::IsADirectory { name: path });
         }
-        None => None,
+        Ok(IsoFile {
+            path,
+            size: u64::from(e.size),
+        })
     };
     Ok(BootPlan {
-        kernel: IsoFile {
-            path: entry.kernel,
-            size: u64::from(k.size),
-        },
-        initrd,
+        kernel: file(entry.kernel)?,
+        initrds: entry
+            .initrds
+            .into_iter()
+            .map(file)
+            .collect::<Result<_, _>>()?,
         cmdline: entry.cmdline,
         source,
     })
+}
+
+/// Alignment of each initrd after the first when several are loaded, as
+/// GRUB lays them out; Linux skips the zero padding between archives.
+const INITRD_ALIGN: u64 = 4;
+
+/// Reads a plan's initrds as the one image a boot loader hands to Linux:
+/// their concatenation, each starting [`INITRD_ALIGN`]-aligned. `None` if
+/// there are none; an error if they exceed `max` bytes together.
+pub fn read_initrds<R: Read + Seek>(
+    iso: &mut IsoReader<R>,
+    initrds: &[IsoFile],
+    max: u64,
+) -> Result<Option<Vec<u8>>, IsoError> {
+    let size = initrds.iter().fold(0u64, |at, f| {
+        at.next_multiple_of(INITRD_ALIGN).saturating_add(f.size)
+    });
+    if size > max {
+        return Err(IsoError::InitrdsTooLarge { size, max });
+    }
+    let mut image = Vec::new();
+    for f in initrds {
+        let padded = (image.len() as u64).next_multiple_of(INITRD_ALIGN);
+        image.resize(padded as usize, 0);
+        image.extend(iso.read_path(&f.path, max - padded)?);
+    }
+    Ok((!initrds.is_empty()).then_some(image))
 }
 
 fn find_entry<R: Read + Seek>(iso: &mut IsoReader<R>) -> Result<(BootEntry, BootSource), IsoError> {
@@ -266,29 +314,34 @@ fn find_entry<R: Read + Seek>(iso: &mut IsoReader<R>) -> Result<(BootEntry, Boot
         Err(IsoError::NotFound { .. }) => {}
         Err(e) => return Err(e),
     }
+    // An isolinux config with no Linux entry is kept as the error to give
+    // if no GRUB config has one either.
+    let mut no_entry = None;
     for path in SYSLINUX_CONFIGS {
         let text = match read_text(iso, path) {
             Ok(t) => t,
             Err(IsoError::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         };
-        let mut fetch = |p: &str| read_text(iso, p);
-        let e = boot_config::parse_syslinux(path, &text, &mut fetch)?;
-        return Ok((e, BootSource::Syslinux((*path).to_owned())));
-    }
-    for path in GRUB_CONFIGS {
-        match read_text(iso, path) {
-            Ok(t) => {
-                return Ok((
-                    boot_config::parse_grub(path, &t)?,
-                    BootSource::Grub((*path).to_owned()),
-                ))
+        match boot_config::parse_syslinux(path, &text, &mut |p: &str| read_text(iso, p)) {
+            Ok(e) => return Ok((e, BootSource::Syslinux((*path).to_owned()))),
+            Err(e @ IsoError::NoBootEntry { .. }) => {
+                no_entry = Some(e);
+                break;
             }
-            Err(IsoError::NotFound { .. }) => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(IsoError::NoBootConfig)
+    for path in GRUB_CONFIGS {
+        let text = match read_text(iso, path) {
+            Ok(t) => t,
+            Err(IsoError::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        let e = boot_config::parse_grub(path, &text, &mut |p: &str| read_text(iso, p))?;
+        return Ok((e, BootSource::Grub((*path).to_owned())));
+    }
+    Err(no_entry.unwrap_or(IsoError::NoBootConfig))
 }
 
 #[cfg(test)]

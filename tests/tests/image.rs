@@ -1,0 +1,119 @@
+//! `cpushare image inspect`: what a buyer sees of an ISO before paying,
+//! on layouts built the way distributions build theirs.
+
+use cpushare_tests::bin;
+use std::path::Path;
+use std::process::Command;
+
+/// Writes `files` under a fresh directory and packs them with xorriso
+/// (Rock Ridge and Joliet, as distribution ISOs are).
+fn iso(dir: &Path, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    let src = dir.join("src");
+    for (path, data) in files {
+        let p = src.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let out = dir.join("t.iso");
+    let st = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "xorriso failed");
+    out
+}
+
+fn inspect(iso: &Path, json: bool) -> (i32, String) {
+    let mut cmd = Command::new(bin("cpushare"));
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.args(["image", "inspect"]).arg(iso).output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn an_arch_style_iso_shows_its_whole_boot_chain_and_every_initrd() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = iso(
+        dir.path(),
+        &[
+            ("boot/syslinux/syslinux.cfg", b"DEFAULT select\nLABEL select\nCOM32 boot/syslinux/whichsys.c32\nAPPEND -pxe- pxe -sys- sys -iso- sys\nLABEL sys\nCONFIG archiso_sys.cfg\n"),
+            ("boot/syslinux/archiso_sys.cfg", b"DEFAULT arch64\nLABEL arch64\nLINUX /arch/boot/x86_64/vmlinuz-linux\nINITRD /arch/boot/intel-ucode.img,/arch/boot/amd-ucode.img,/arch/boot/x86_64/initramfs-linux.img\nAPPEND archisobasedir=arch archisolabel=ARCH_202401\n"),
+            ("arch/boot/x86_64/vmlinuz-linux", &[1; 4000]),
+            ("arch/boot/intel-ucode.img", &[2; 10]),
+            ("arch/boot/amd-ucode.img", &[3; 20]),
+            ("arch/boot/x86_64/initramfs-linux.img", &[4; 30]),
+        ],
+    );
+    let (code, out) = inspect(&iso, true);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["bootable"], true);
+    assert_eq!(v["source"], "syslinux /boot/syslinux/syslinux.cfg");
+    assert_eq!(v["kernel"], "/arch/boot/x86_64/vmlinuz-linux");
+    assert_eq!(v["kernel_size"], 4000);
+    let initrds: Vec<(String, u64)> = v["initrds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["path"].as_str().unwrap().to_owned(),
+                i["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        initrds,
+        [
+            ("/arch/boot/intel-ucode.img".to_owned(), 10),
+            ("/arch/boot/amd-ucode.img".to_owned(), 20),
+            ("/arch/boot/x86_64/initramfs-linux.img".to_owned(), 30),
+        ]
+    );
+    assert_eq!(
+        v["cmdline"],
+        "panic=-1 archisobasedir=arch archisolabel=ARCH_202401 console=ttyS0"
+    );
+
+    let (code, text) = inspect(&iso, false);
+    assert_eq!(code, 0, "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("initrd")).collect();
+    assert_eq!(
+        lines,
+        [
+            "initrd   /arch/boot/intel-ucode.img (10 bytes)",
+            "initrd   /arch/boot/amd-ucode.img (20 bytes)",
+            "initrd   /arch/boot/x86_64/initramfs-linux.img (30 bytes)",
+        ]
+    );
+}
+
+#[test]
+fn an_iso_whose_menu_only_chains_to_a_disk_says_why_it_cannot_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = iso(
+        dir.path(),
+        &[(
+            "isolinux/isolinux.cfg",
+            b"default hd\nlabel hd\n com32 chain.c32\n append hd0\n",
+        )],
+    );
+    let (code, out) = inspect(&iso, true);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["bootable"], false);
+    assert_eq!(
+        v["error"],
+        "boot config \"/isolinux/isolinux.cfg\" names no Linux kernel"
+    );
+    let (code, text) = inspect(&iso, false);
+    assert_eq!(code, 1);
+    assert!(text.contains("bootable no: boot config"), "{text}");
+}
