@@ -25,6 +25,19 @@ fn iso(dir: &Path, files: &[(&str, &[u8])]) -> std::path::PathBuf {
     out
 }
 
+/// `len` bytes that begin like an x86-64 bzImage (boot.rst: boot flag,
+/// "HdrS", protocol 2.15, loaded high, a 64-bit entry point): what
+/// `inspect` checks of a kernel.
+fn bzimage_header(len: usize) -> Vec<u8> {
+    let mut b = vec![0x90u8; len];
+    b[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b[0x211] = 1;
+    b[0x236] = 1;
+    b
+}
+
 fn inspect(iso: &Path, json: bool) -> (i32, String) {
     let mut cmd = Command::new(bin("cpushare"));
     if json {
@@ -45,7 +58,7 @@ fn an_arch_style_iso_shows_its_whole_boot_chain_and_every_initrd() {
         &[
             ("boot/syslinux/syslinux.cfg", b"DEFAULT select\nLABEL select\nCOM32 boot/syslinux/whichsys.c32\nAPPEND -pxe- pxe -sys- sys -iso- sys\nLABEL sys\nCONFIG archiso_sys.cfg\n"),
             ("boot/syslinux/archiso_sys.cfg", b"DEFAULT arch64\nLABEL arch64\nLINUX /arch/boot/x86_64/vmlinuz-linux\nINITRD /arch/boot/intel-ucode.img,/arch/boot/amd-ucode.img,/arch/boot/x86_64/initramfs-linux.img\nAPPEND archisobasedir=arch archisolabel=ARCH_202401\n"),
-            ("arch/boot/x86_64/vmlinuz-linux", &[1; 4000]),
+            ("arch/boot/x86_64/vmlinuz-linux", &bzimage_header(4000)),
             ("arch/boot/intel-ucode.img", &[2; 10]),
             ("arch/boot/amd-ucode.img", &[3; 20]),
             ("arch/boot/x86_64/initramfs-linux.img", &[4; 30]),

@@ -205,7 +205,18 @@ fn garbage_kernel_is_a_clear_error() {
     let e = boot(cfg).0.unwrap_err();
     assert!(matches!(e, VmmError::Boot(_)), "{e}");
     assert!(
-        e.to_string().contains("not a loadable ELF or bzImage"),
+        e.to_string().contains("neither an ELF nor a bzImage"),
+        "{e}"
+    );
+    // A bzImage with no 64-bit entry point (a 32-bit kernel) is refused
+    // before the guest could jump into it.
+    let mut image = std::fs::read(support::guest_dir().join("guest.bzImage")).unwrap();
+    image[0x236] &= !1;
+    let mut cfg = config("");
+    cfg.kernel = Payload::Bytes(image);
+    let e = boot(cfg).0.unwrap_err();
+    assert!(
+        e.to_string().contains("without a 64-bit entry point"),
         "{e}"
     );
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use cpushare_vmm::iso::{
     inspect, read_initrds, BootSource, IsoError, IsoReader, Limits, NameScheme,
 };
-use support::{mkisofs, tree, xorriso_native};
+use support::{bzimage_header, bzimage_with, mkisofs, tree, xorriso_native};
 
 fn open(iso: &Path) -> IsoReader<File> {
     IsoReader::new(File::open(iso).unwrap()).unwrap()
@@ -46,7 +46,7 @@ fn debian_live_isolinux_layout_with_rock_ridge() {
             ("isolinux/menu.cfg", b"menu hshift 0\nmenu width 82\ninclude stdmenu.cfg\ninclude live.cfg\n"),
             ("isolinux/stdmenu.cfg", b"menu background splash.png\n"),
             ("isolinux/live.cfg", b"label live-amd64\n\tmenu label ^Live system (amd64)\n\tmenu default\n\tlinux /live/vmlinuz-6.1.0-27-amd64\n\tinitrd /live/initrd.img-6.1.0-27-amd64\n\tappend boot=live components quiet splash\n"),
-            ("live/vmlinuz-6.1.0-27-amd64", &[1u8; 5000]),
+            ("live/vmlinuz-6.1.0-27-amd64", &bzimage_header(5000)),
             ("live/initrd.img-6.1.0-27-amd64", &[2u8; 7000]),
         ],
         &["-R", "-J"],
@@ -65,7 +65,7 @@ fn debian_live_isolinux_layout_with_rock_ridge() {
     assert_eq!(plan.cmdline, "boot=live components quiet splash");
     assert_eq!(
         r.read_path(&plan.kernel.path, 1 << 20).unwrap(),
-        vec![1u8; 5000]
+        bzimage_header(5000)
     );
 }
 
@@ -77,7 +77,7 @@ fn arch_whichsys_chain_with_three_initrds() {
             ("boot/syslinux/archiso_sys.cfg", b"INCLUDE archiso_head.cfg\nDEFAULT arch64\nTIMEOUT 150\nINCLUDE archiso_sys-linux.cfg\n"),
             ("boot/syslinux/archiso_head.cfg", b"SERIAL 0 115200\nUI vesamenu.c32\n"),
             ("boot/syslinux/archiso_sys-linux.cfg", b"LABEL arch64\nTEXT HELP\nBoot the Arch Linux install medium on BIOS.\nENDTEXT\nMENU LABEL Arch Linux install medium (x86_64, BIOS)\nLINUX /arch/boot/x86_64/vmlinuz-linux\nINITRD /arch/boot/intel-ucode.img,/arch/boot/amd-ucode.img,/arch/boot/x86_64/initramfs-linux.img\nAPPEND archisobasedir=arch archisolabel=ARCH_202401\n"),
-            ("arch/boot/x86_64/vmlinuz-linux", &[1u8; 3000]),
+            ("arch/boot/x86_64/vmlinuz-linux", &bzimage_header(3000)),
             ("arch/boot/intel-ucode.img", &[2u8; 101]),
             ("arch/boot/amd-ucode.img", &[3u8; 202]),
             ("arch/boot/x86_64/initramfs-linux.img", &[4u8; 303]),
@@ -119,7 +119,7 @@ fn fedora_grub2_layout() {
     let (_d, iso) = build(
         &[
             ("boot/grub2/grub.cfg", b"set default=\"1\"\nfunction load_video {\n  insmod all_video\n}\nsearch --no-floppy --set=root -l 'Fedora-WS-Live-41'\nmenuentry 'Start Fedora-Workstation-Live 41' --class fedora {\n\tlinux /images/pxeboot/vmlinuz root=live:CDLABEL=Fedora-WS-Live-41 rd.live.image quiet rhgb\n\tinitrd /images/pxeboot/initrd.img\n}\n"),
-            ("images/pxeboot/vmlinuz", &[1u8; 100]),
+            ("images/pxeboot/vmlinuz", &bzimage_header(1000)),
             ("images/pxeboot/initrd.img", &[2u8; 100]),
         ],
         &["-R", "-J"],
@@ -139,7 +139,7 @@ fn isolinux_menu_without_linux_falls_back_to_grub() {
         &[
             ("isolinux/isolinux.cfg", b"default hd\nlabel hd\n com32 chain.c32\n append hd0\n"),
             ("boot/grub/grub.cfg", b"menuentry 'Try or Install Ubuntu' {\n\tset gfxpayload=keep\n\tlinux\t/casper/vmlinuz  --- quiet splash\n\tinitrd\t/casper/initrd\n}\n"),
-            ("casper/vmlinuz", &[1u8; 100]),
+            ("casper/vmlinuz", &bzimage_header(1000)),
             ("casper/initrd", &[2u8; 100]),
         ],
         &["-R", "-J"],
@@ -168,7 +168,7 @@ fn grub_only_layout() {
     let (_d, iso) = build(
         &[
             ("boot/grub/grub.cfg", b"set default=0\nmenuentry 'Debian live' {\n  linux /live/vmlinuz boot=live findiso=${iso_path} quiet\n  initrd /live/initrd.img\n}\n"),
-            ("live/vmlinuz", b"kernel"),
+            ("live/vmlinuz", &bzimage_header(1000)),
             ("live/initrd.img", b"initrd"),
         ],
         &["-R"],
@@ -187,7 +187,7 @@ fn cpushare_toml_wins_over_other_configs() {
                 "cpushare.toml",
                 b"kernel = \"/boot/Guest.elf\"\ninitrd = \"boot/initrd\"\ncmdline = \"spin 10\"\n",
             ),
-            ("boot/Guest.elf", b"elf"),
+            ("boot/Guest.elf", &bzimage_header(1000)),
             ("boot/initrd", b"rd"),
             ("isolinux/isolinux.cfg", b"label x\nkernel /nope\n"),
         ],
@@ -208,7 +208,7 @@ fn joliet_only_names_keep_case_and_length() {
                 "cpushare.toml",
                 b"kernel = \"/Boot/A-Rather-Long-Kernel-Name.elf\"\n",
             ),
-            ("Boot/A-Rather-Long-Kernel-Name.elf", b"k"),
+            ("Boot/A-Rather-Long-Kernel-Name.elf", &bzimage_header(1000)),
         ],
         false,
         true,
@@ -216,7 +216,7 @@ fn joliet_only_names_keep_case_and_length() {
     let mut r = open(&iso);
     assert_eq!(r.scheme(), NameScheme::Joliet);
     let plan = inspect(&mut r).unwrap();
-    assert_eq!(plan.kernel.size, 1);
+    assert_eq!(plan.kernel.size, 1000);
     let names: Vec<String> = {
         let root = r.root().clone();
         r.read_dir(&root)
@@ -233,7 +233,7 @@ fn plain_iso9660_names_are_found_case_insensitively() {
     let (_d, iso) = build_native(
         &[
             ("isolinux/isolinux.cfg", b"DEFAULT linux\nLABEL linux\n  KERNEL /boot/vmlinuz\n  APPEND initrd=/boot/initrd.gz root=/dev/ram0\n"),
-            ("boot/vmlinuz", b"kernel"),
+            ("boot/vmlinuz", &bzimage_header(1000)),
             ("boot/initrd.gz", b"initrd"),
         ],
         false,
@@ -255,10 +255,64 @@ fn no_config_and_missing_kernel_give_named_errors() {
         Err(IsoError::NoBootConfig)
     ));
     let (_d2, iso2) = build(&[("cpushare.toml", b"kernel = \"/missing\"\n")], &["-R"]);
-    assert!(matches!(
-        inspect(&mut open(&iso2)),
-        Err(IsoError::NotFound { .. })
-    ));
+    let e = inspect(&mut open(&iso2)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/cpushare.toml names kernel \"/missing\", which is not in the ISO"
+    );
+    // As in Debian's grub-rescue-cdrom.iso, whose sample entry boots from
+    // a hard disk.
+    let (_d3, iso3) = build(
+        &[
+            ("boot/grub/grub.cfg", b"menuentry 'GNU/Linux' {\n set root=(hd0,msdos1)\n linux /vmlinuz root=/dev/sda1\n initrd /initrd.img\n}\n"),
+            ("vmlinuz", &bzimage_header(1000)),
+        ],
+        &["-R"],
+    );
+    let e = inspect(&mut open(&iso3)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/boot/grub/grub.cfg names initrd \"/initrd.img\", which is not in the ISO"
+    );
+}
+
+#[test]
+fn a_kernel_that_cannot_boot_here_is_named_with_the_reason() {
+    // Laid out as Debian's ipxe.iso: isolinux booting a real-mode-only
+    // image (boot protocol 2.7) that isolinux can start and we cannot.
+    let (_d, iso) = build(
+        &[
+            (
+                "isolinux.cfg",
+                b"TIMEOUT 0\nDEFAULT ipxe.lkrn\nLABEL ipxe.lkrn\n KERNEL ipxe.krn\n",
+            ),
+            ("ipxe.krn", &bzimage_with(4096, 0x0207, 0)),
+        ],
+        &["-R", "-J"],
+    );
+    let e = inspect(&mut open(&iso)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "\"/ipxe.krn\" cannot boot here: it is a bzImage of boot protocol 2.7, older than 2.12, so it has no 64-bit entry point"
+    );
+    // A 32-bit kernel, and a file that is no kernel at all.
+    for (kernel, why) in [
+        (
+            bzimage_with(4096, 0x020f, 0),
+            "without a 64-bit entry point",
+        ),
+        (vec![0u8; 4096], "neither an ELF nor a bzImage"),
+    ] {
+        let (_d, iso) = build(
+            &[("cpushare.toml", b"kernel = '/k'\n"), ("k", &kernel)],
+            &["-R"],
+        );
+        let e = inspect(&mut open(&iso)).unwrap_err();
+        assert!(
+            matches!(e, IsoError::Unbootable { .. }) && e.to_string().contains(why),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -306,7 +360,7 @@ fn truncated_iso_is_reported_as_truncated() {
     let (_d, iso) = build(
         &[
             ("cpushare.toml", b"kernel = \"/k\"\n"),
-            ("k", &[7u8; 10_000]),
+            ("k", &bzimage_header(10_000)),
         ],
         &["-R"],
     );

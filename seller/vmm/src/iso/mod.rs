@@ -10,6 +10,8 @@ pub mod reader;
 
 use std::io::{Read, Seek};
 
+use crate::arch::x86_64::kernel_image::{self, Unbootable};
+
 pub use boot_config::BootEntry;
 pub use reader::{DirEntry, IsoReader, Limits, NameScheme};
 
@@ -168,6 +170,24 @@ pub enum IsoError {
         /// Limit.
         max: usize,
     },
+    /// A file a config names is not in the ISO.
+    #[error("{config} names {role} {path:?}, which is not in the ISO")]
+    MissingBootFile {
+        /// The config that names it.
+        config: String,
+        /// `kernel` or `initrd`.
+        role: &'static str,
+        /// The path it gives.
+        path: String,
+    },
+    /// The kernel a config names is not an image this VMM can start.
+    #[error("{path:?} cannot boot here: it is {reason}")]
+    Unbootable {
+        /// The kernel's path.
+        path: String,
+        /// What it is instead.
+        reason: Unbootable,
+    },
     /// No known boot config was found.
     #[error("no boot config found: add /cpushare.toml (kernel = \"/path\", cmdline = \"...\") or an isolinux/GRUB config")]
     NoBootConfig,
@@ -184,6 +204,16 @@ pub enum BootSource {
     Grub(String),
 }
 
+impl BootSource {
+    /// Path of the config in the ISO.
+    pub fn config_path(&self) -> &str {
+        match self {
+            BootSource::CpushareToml => "/cpushare.toml",
+            BootSource::Syslinux(p) | BootSource::Grub(p) => p,
+        }
+    }
+}
+
 /// A file in the ISO.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IsoFile {
@@ -191,6 +221,15 @@ pub struct IsoFile {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+impl IsoFile {
+    fn new(path: String, entry: &DirEntry) -> Self {
+        IsoFile {
+            path,
+            size: u64::from(entry.size),
+        }
+    }
 }
 
 /// How to boot an ISO: what to load and with which command line.
@@ -251,26 +290,42 @@ pub fn guest_cmdline(iso_cmdline: &str) -> String {
     }
 }
 
-/// Finds how to boot an ISO; checks that the kernel and initrds exist.
+/// Finds how to boot an ISO; checks that the initrds exist, and that the
+/// kernel does and is an image this VMM can start.
 pub fn inspect<R: Read + Seek>(iso: &mut IsoReader<R>) -> Result<BootPlan, IsoError> {
     let (entry, source) = find_entry(iso)?;
-    let mut file = |path: String| {
-        let e = iso.lookup(&path)?;
+    let mut file = |path: String, role| {
+        let e = match iso.lookup(&path) {
+            Err(IsoError::NotFound { .. }) => {
+                return Err(IsoError::MissingBootFile {
+                    config: source.config_path().to_owned(),
+                    role,
+                    path,
+                })
+            }
+            found => found?,
+        };
         if e.is_dir {
             return Err(IsoError::IsADirectory { name: path });
         }
-        Ok(IsoFile {
-            path,
-            size: u64::from(e.size),
-        })
+        Ok((e, path))
     };
+    let (k, kernel) = file(entry.kernel, "kernel")?;
+    let initrds = entry
+        .initrds
+        .into_iter()
+        .map(|p| file(p, "initrd").map(|(e, path)| IsoFile::new(path, &e)))
+        .collect::<Result<_, _>>()?;
+    let head = iso.read_head(&k, kernel_image::HEAD_BYTES)?;
+    if let Err(reason) = kernel_image::identify(&head) {
+        return Err(IsoError::Unbootable {
+            path: kernel,
+            reason,
+        });
+    }
     Ok(BootPlan {
-        kernel: file(entry.kernel)?,
-        initrds: entry
-            .initrds
-            .into_iter()
-            .map(file)
-            .collect::<Result<_, _>>()?,
+        kernel: IsoFile::new(kernel, &k),
+        initrds,
         cmdline: entry.cmdline,
         source,
     })

@@ -329,6 +329,23 @@ impl<R: Read + Seek> IsoReader<R> {
         Ok(buf)
     }
 
+    /// Reads the first `n` bytes of a file (all of it if it is shorter).
+    pub fn read_head(&mut self, entry: &DirEntry, n: usize) -> Result<Vec<u8>, IsoError> {
+        if entry.is_dir {
+            return Err(IsoError::IsADirectory {
+                name: entry.name.clone(),
+            });
+        }
+        let mut buf = vec![0u8; n.min(entry.size as usize)];
+        read_exact_at(
+            &mut self.src,
+            self.len,
+            u64::from(entry.lba) * SECTOR_SIZE,
+            &mut buf,
+        )?;
+        Ok(buf)
+    }
+
     /// Looks up and reads a file in one step.
     pub fn read_path(&mut self, path: &str, max: u64) -> Result<Vec<u8>, IsoError> {
         let e = self.lookup(path)?;

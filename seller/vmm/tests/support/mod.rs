@@ -133,3 +133,22 @@ pub fn tree(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     }
     d
 }
+
+/// `len` bytes (at least 0x280) that begin like an x86-64 bzImage: the
+/// boot.rst setup header of protocol 2.15 with a 64-bit entry point.
+/// Enough for `inspect`, which checks a kernel's header; not for booting.
+pub fn bzimage_header(len: usize) -> Vec<u8> {
+    assert!(len >= 0x280);
+    bzimage_with(len, 0x020f, 1)
+}
+
+/// [`bzimage_header`] with another protocol version and `xloadflags`.
+pub fn bzimage_with(len: usize, protocol: u16, xloadflags: u16) -> Vec<u8> {
+    let mut b = vec![0x90u8; len];
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&protocol.to_le_bytes());
+    b[0x211] = 1; // LOADED_HIGH
+    b[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+    b
+}

@@ -13,6 +13,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::kernel_image::{self, KernelImage, Unbootable};
 use super::layout;
 use super::regs::EntryMode;
 
@@ -34,8 +35,11 @@ const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 /// Errors loading the boot payload.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// The kernel is neither a loadable ELF nor a bzImage.
-    #[error("the kernel is not a loadable ELF or bzImage: {reason}")]
+    /// The kernel is not an image this VMM can start.
+    #[error("the kernel cannot boot here: it is {0}")]
+    Unbootable(#[from] Unbootable),
+    /// The loader refused a kernel that looked bootable.
+    #[error("the kernel could not be loaded: {reason}")]
     BadKernel {
         /// What the loader said.
         reason: String,
@@ -141,7 +145,7 @@ pub fn load(
         })?;
 
     let himem = Some(GuestAddress(layout::HIMEM_START));
-    let is_elf = kernel.starts_with(b"\x7fELF");
+    let is_elf = kernel_image::identify(kernel)? == KernelImage::Elf64;
     let result = if is_elf {
         Elf::load(mem, None, &mut Cursor::new(kernel), himem)
     } else {
@@ -359,8 +363,15 @@ mod tests {
     fn garbage_kernel_is_rejected() {
         let m = mem(16 << 20);
         let e = load(&m, 16 << 20, &[0x55; 4096], None, "").unwrap_err();
-        assert!(matches!(e, BootError::BadKernel { .. }), "{e}");
-        let e = load(&m, 16 << 20, b"\x7fELF garbage", None, "").unwrap_err();
+        assert!(
+            matches!(e, BootError::Unbootable(Unbootable::Unknown)),
+            "{e}"
+        );
+        // ELF64 x86-64 by its header, but nothing a loader can use.
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.resize(18, 0);
+        elf.extend([0x3e, 0, 0xff, 0xff]);
+        let e = load(&m, 16 << 20, &elf, None, "").unwrap_err();
         assert!(matches!(e, BootError::BadKernel { .. }), "{e}");
     }
 
