@@ -365,7 +365,7 @@ fn truncated_iso_is_reported_as_truncated() {
         &["-R"],
     );
     let bytes = std::fs::read(&iso).unwrap();
-    let lba = open(&iso).lookup("/k").unwrap().lba as usize;
+    let lba = open(&iso).lookup("/k").unwrap().lba() as usize;
     let cut = bytes[..lba * 2048 + 100].to_vec();
     let mut r = IsoReader::new(std::io::Cursor::new(cut)).unwrap();
     let res = inspect(&mut r).and_then(|p| r.read_path(&p.kernel.path, 1 << 20));

@@ -13,7 +13,7 @@ use std::io::{Read, Seek};
 use crate::arch::x86_64::kernel_image::{self, Unbootable};
 
 pub use boot_config::BootEntry;
-pub use reader::{DirEntry, IsoReader, Limits, NameScheme};
+pub use reader::{DirEntry, Extent, IsoReader, Limits, NameScheme};
 
 /// Errors reading an ISO or finding how to boot it.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub enum IsoError {
     #[error("directory of {size} bytes exceeds the limit of {max}")]
     DirectoryTooLarge {
         /// Directory size.
-        size: u32,
+        size: u64,
         /// Limit.
         max: u32,
     },
@@ -86,9 +86,10 @@ pub enum IsoError {
         /// Limit.
         max: usize,
     },
-    /// A file spans several extents (only used for files over 4 GiB).
-    #[error("file {name:?} spans several extents, which is not supported")]
-    MultiExtentFile {
+    /// A file's chain of extents is broken (a directory marked as
+    /// continued, or a continuation missing or under another name).
+    #[error("file {name:?} has a broken chain of extents")]
+    BadMultiExtent {
         /// Raw name of the record.
         name: String,
     },
@@ -227,7 +228,7 @@ impl IsoFile {
     fn new(path: String, entry: &DirEntry) -> Self {
         IsoFile {
             path,
-            size: u64::from(entry.size),
+            size: entry.size,
         }
     }
 }

@@ -17,7 +17,8 @@ const FIRST_DESCRIPTOR_SECTOR: u64 = 16;
 const MAX_DESCRIPTORS: u64 = 64;
 /// Directory record flag bit: the entry is a directory.
 const FLAG_DIRECTORY: u8 = 0x02;
-/// Directory record flag bit: the file continues in another record.
+/// Directory record flag bit: the file continues in the next record (a
+/// file over 4 GiB is stored as several extents, ISO 9660 level 3).
 const FLAG_MULTI_EXTENT: u8 = 0x80;
 /// Follow at most this many Rock Ridge `CE` continuation areas per record.
 const MAX_CONTINUATIONS: usize = 8;
@@ -55,17 +56,34 @@ pub enum NameScheme {
     Iso9660,
 }
 
+/// A run of blocks holding part of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First logical block.
+    pub lba: u32,
+    /// Length in bytes.
+    pub len: u32,
+}
+
 /// One entry of a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
     /// The best name available (Rock Ridge, Joliet, or plain ISO9660).
     pub name: String,
-    /// First logical block of the extent.
-    pub lba: u32,
-    /// Size of the extent in bytes.
-    pub size: u32,
+    /// Size in bytes, all extents together.
+    pub size: u64,
+    /// Where the data is, in order: one extent, or several for a file
+    /// over 4 GiB.
+    pub extents: Vec<Extent>,
     /// Whether this entry is a directory.
     pub is_dir: bool,
+}
+
+impl DirEntry {
+    /// First logical block of the data.
+    pub fn lba(&self) -> u32 {
+        self.extents.first().map_or(0, |e| e.lba)
+    }
 }
 
 /// An opened ISO9660 image: the root directory it will use, and the source.
@@ -172,20 +190,18 @@ impl<R: Read + Seek> IsoReader<R> {
                 name: dir.name.clone(),
             });
         }
-        if dir.size > self.limits.max_dir_bytes {
+        if dir.size > u64::from(self.limits.max_dir_bytes) {
             return Err(IsoError::DirectoryTooLarge {
                 size: dir.size,
                 max: self.limits.max_dir_bytes,
             });
         }
-        let mut buf = vec![0u8; dir.size as usize];
-        read_exact_at(
-            &mut self.src,
-            self.len,
-            u64::from(dir.lba) * SECTOR_SIZE,
-            &mut buf,
-        )?;
-        let mut out = Vec::new();
+        let buf = self.read_prefix(dir, dir.size)?;
+        let mut out: Vec<DirEntry> = Vec::new();
+        // The raw name of a file whose extents are still being collected:
+        // its last entry in `out` gains the records that follow, up to one
+        // without the multi-extent flag.
+        let mut continued: Option<Vec<u8>> = None;
         let mut pos = 0usize;
         while pos < buf.len() {
             let rec_len = buf[pos] as usize;
@@ -199,15 +215,32 @@ impl<R: Read + Seek> IsoReader<R> {
             if raw.name == [0] || raw.name == [1] {
                 continue;
             }
+            let more = raw.flags & FLAG_MULTI_EXTENT != 0;
+            if let Some(first) = continued.take() {
+                let Some(entry) = out.last_mut().filter(|_| first == raw.name) else {
+                    return Err(IsoError::BadMultiExtent {
+                        name: String::from_utf8_lossy(&first).into_owned(),
+                    });
+                };
+                entry.size += u64::from(raw.size);
+                entry.extents.push(raw.extent());
+                if more {
+                    continued = Some(first);
+                }
+                continue;
+            }
             if out.len() >= self.limits.max_dir_entries {
                 return Err(IsoError::TooManyEntries {
                     max: self.limits.max_dir_entries,
                 });
             }
-            if raw.flags & FLAG_MULTI_EXTENT != 0 {
-                return Err(IsoError::MultiExtentFile {
-                    name: String::from_utf8_lossy(&raw.name).into_owned(),
-                });
+            if more {
+                if raw.flags & FLAG_DIRECTORY != 0 {
+                    return Err(IsoError::BadMultiExtent {
+                        name: String::from_utf8_lossy(&raw.name).into_owned(),
+                    });
+                }
+                continued = Some(raw.name.clone());
             }
             let name = match self.scheme {
                 NameScheme::RockRidge => self.rock_ridge_name(&raw)?,
@@ -216,6 +249,11 @@ impl<R: Read + Seek> IsoReader<R> {
             }
             .unwrap_or_else(|| iso_name(&raw.name));
             out.push(raw.to_entry(name, self.scheme));
+        }
+        if let Some(first) = continued {
+            return Err(IsoError::BadMultiExtent {
+                name: String::from_utf8_lossy(&first).into_owned(),
+            });
         }
         Ok(out)
     }
@@ -312,20 +350,31 @@ impl<R: Read + Seek> IsoReader<R> {
                 name: entry.name.clone(),
             });
         }
-        if u64::from(entry.size) > max {
+        if entry.size > max {
             return Err(IsoError::FileTooLarge {
                 name: entry.name.clone(),
-                size: u64::from(entry.size),
+                size: entry.size,
                 max,
             });
         }
-        let mut buf = vec![0u8; entry.size as usize];
-        read_exact_at(
-            &mut self.src,
-            self.len,
-            u64::from(entry.lba) * SECTOR_SIZE,
-            &mut buf,
-        )?;
+        self.read_prefix(entry, entry.size)
+    }
+
+    /// Reads the first `n` bytes of an entry's data (`n` at most its
+    /// size), across its extents.
+    fn read_prefix(&mut self, entry: &DirEntry, n: u64) -> Result<Vec<u8>, IsoError> {
+        let mut buf = vec![0u8; n as usize];
+        let mut filled = 0usize;
+        for e in &entry.extents {
+            let take = (e.len as usize).min(buf.len() - filled);
+            read_exact_at(
+                &mut self.src,
+                self.len,
+                u64::from(e.lba) * SECTOR_SIZE,
+                &mut buf[filled..filled + take],
+            )?;
+            filled += take;
+        }
         Ok(buf)
     }
 
@@ -336,14 +385,7 @@ impl<R: Read + Seek> IsoReader<R> {
                 name: entry.name.clone(),
             });
         }
-        let mut buf = vec![0u8; n.min(entry.size as usize)];
-        read_exact_at(
-            &mut self.src,
-            self.len,
-            u64::from(entry.lba) * SECTOR_SIZE,
-            &mut buf,
-        )?;
-        Ok(buf)
+        self.read_prefix(entry, entry.size.min(n as u64))
     }
 
     /// Looks up and reads a file in one step.
@@ -363,11 +405,18 @@ struct RawRecord {
 }
 
 impl RawRecord {
+    fn extent(&self) -> Extent {
+        Extent {
+            lba: self.lba,
+            len: self.size,
+        }
+    }
+
     fn to_entry(&self, name: String, _scheme: NameScheme) -> DirEntry {
         DirEntry {
             name,
-            lba: self.lba,
-            size: self.size,
+            size: u64::from(self.size),
+            extents: vec![self.extent()],
             is_dir: self.flags & FLAG_DIRECTORY != 0,
         }
     }
@@ -502,6 +551,97 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].0, *b"NM");
         assert_eq!(v[0].1, &[0, b'a']);
+    }
+
+    /// A directory record (ECMA-119 9.1) for `name` at `lba`, `size` bytes.
+    fn record(name: &[u8], flags: u8, lba: u32, size: u32) -> Vec<u8> {
+        let len = 33 + name.len() + (name.len() + 1) % 2;
+        let mut r = vec![0u8; len];
+        r[0] = len as u8;
+        r[2..6].copy_from_slice(&lba.to_le_bytes());
+        r[6..10].copy_from_slice(&lba.to_be_bytes());
+        r[10..14].copy_from_slice(&size.to_le_bytes());
+        r[14..18].copy_from_slice(&size.to_be_bytes());
+        r[25] = flags;
+        r[32] = name.len() as u8;
+        r[33..33 + name.len()].copy_from_slice(name);
+        r
+    }
+
+    /// A plain ISO9660 image: root directory at sector 18 holding
+    /// `records`, and sectors 20 to 23 filled with 0xA0 + their number.
+    fn image(records: &[Vec<u8>]) -> Vec<u8> {
+        let sector = SECTOR_SIZE as usize;
+        let mut img = vec![0u8; 24 * sector];
+        let pvd = &mut img[16 * sector..17 * sector];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+        pvd[156..190].copy_from_slice(&record(&[0], FLAG_DIRECTORY, 18, 2048));
+        img[17 * sector] = 255;
+        img[17 * sector + 1..17 * sector + 6].copy_from_slice(b"CD001");
+        let mut dir = record(&[0], FLAG_DIRECTORY, 18, 2048);
+        dir.extend(record(&[1], FLAG_DIRECTORY, 18, 2048));
+        for r in records {
+            dir.extend(r);
+        }
+        img[18 * sector..18 * sector + dir.len()].copy_from_slice(&dir);
+        for n in 20..24 {
+            img[n * sector..(n + 1) * sector].fill(0xa0 + n as u8);
+        }
+        img
+    }
+
+    #[test]
+    fn a_file_over_several_extents_reads_as_one() {
+        // As ISO 9660 level 3 stores a file over 4 GiB: records of the same
+        // name, all but the last flagged multi-extent.
+        let img = image(&[
+            record(b"BIG.;1", FLAG_MULTI_EXTENT, 20, 2048),
+            record(b"BIG.;1", FLAG_MULTI_EXTENT, 22, 2048),
+            record(b"BIG.;1", 0, 21, 100),
+            record(b"K.;1", 0, 23, 10),
+        ]);
+        let mut r = IsoReader::new(Cursor::new(img)).unwrap();
+        let big = r.lookup("/big").unwrap();
+        assert_eq!(big.size, 4196);
+        assert_eq!(big.extents.len(), 3);
+        let data = r.read_file(&big, 1 << 20).unwrap();
+        assert!(data[..2048].iter().all(|b| *b == 0xb4));
+        assert!(data[2048..4096].iter().all(|b| *b == 0xb6));
+        assert!(data[4096..].iter().all(|b| *b == 0xb5));
+        assert_eq!(
+            r.read_head(&big, 2050).unwrap()[2046..],
+            [0xb4, 0xb4, 0xb6, 0xb6]
+        );
+        assert!(matches!(
+            r.read_file(&big, 4195),
+            Err(IsoError::FileTooLarge { size: 4196, .. })
+        ));
+        // The entry after it is its own file.
+        assert_eq!(r.read_path("/K", 10).unwrap(), [0xb7; 10]);
+    }
+
+    #[test]
+    fn a_broken_chain_of_extents_is_named() {
+        for records in [
+            // The continuation has another name.
+            vec![
+                record(b"A.;1", FLAG_MULTI_EXTENT, 20, 2048),
+                record(b"B.;1", 0, 21, 5),
+            ],
+            // The chain never ends.
+            vec![record(b"A.;1", FLAG_MULTI_EXTENT, 20, 2048)],
+            // A directory cannot continue.
+            vec![
+                record(b"D", FLAG_MULTI_EXTENT | FLAG_DIRECTORY, 20, 2048),
+                record(b"D", FLAG_DIRECTORY, 21, 2048),
+            ],
+        ] {
+            let mut r = IsoReader::new(Cursor::new(image(&records))).unwrap();
+            let e = r.lookup("/A").or_else(|_| r.lookup("/D")).unwrap_err();
+            assert!(matches!(e, IsoError::BadMultiExtent { .. }), "{e:?}");
+        }
     }
 
     #[test]
