@@ -164,6 +164,49 @@ fn isolinux_menu_without_linux_falls_back_to_grub() {
 }
 
 #[test]
+fn rock_ridge_symlinks_are_followed_within_the_iso() {
+    let src = tree(&[
+        ("live/vmlinuz-6.1.0-27-amd64", &bzimage_header(3000)),
+        ("live/initrd.img-6.1.0-27-amd64", b"rd"),
+        ("boot/.keep", b""),
+        (
+            "cpushare.toml",
+            b"kernel = \"/vmlinuz\"\ninitrd = \"/boot/initrd.img\"\n",
+        ),
+    ]);
+    let link = |target: &str, at: &str| {
+        std::os::unix::fs::symlink(target, src.path().join(at)).unwrap();
+    };
+    // As a Debian root file system links its kernel: relative links, a
+    // chain, `..`, an absolute link, a loop and a dangling link.
+    link("vmlinuz-6.1.0-27-amd64", "live/vmlinuz");
+    link("live/vmlinuz", "vmlinuz");
+    link("../live/initrd.img-6.1.0-27-amd64", "boot/initrd.img");
+    link("/live/vmlinuz", "abs");
+    link("b", "boot/a");
+    link("a", "boot/b");
+    link("gone", "boot/dangling");
+    let out = tempfile::tempdir().unwrap();
+    let iso = out.path().join("links.iso");
+    mkisofs(src.path(), &iso, &["-R"]);
+
+    let mut r = open(&iso);
+    let plan = inspect(&mut r).unwrap();
+    assert_eq!(plan.kernel.size, 3000);
+    assert_eq!(plan.initrds[0].size, 2);
+    assert_eq!(r.read_path("/abs", 4096).unwrap(), bzimage_header(3000));
+    assert_eq!(r.read_path("/boot/../boot/initrd.img", 10).unwrap(), b"rd");
+    assert!(matches!(
+        r.lookup("/boot/a"),
+        Err(IsoError::TooManySymlinks { .. })
+    ));
+    assert!(matches!(
+        r.lookup("/boot/dangling"),
+        Err(IsoError::NotFound { .. })
+    ));
+}
+
+#[test]
 fn grub_only_layout() {
     let (_d, iso) = build(
         &[

@@ -99,6 +99,14 @@ pub enum IsoError {
         /// The path.
         path: String,
     },
+    /// A path goes through too many symbolic links (or a loop of them).
+    #[error("looking up {path:?} follows more than {max} symbolic links")]
+    TooManySymlinks {
+        /// The path.
+        path: String,
+        /// Limit.
+        max: usize,
+    },
     /// A directory was used where a file was expected.
     #[error("{name:?} is a directory")]
     IsADirectory {

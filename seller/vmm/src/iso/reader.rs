@@ -5,6 +5,7 @@
 //! Rock Ridge continuation areas, and we only need lookup and whole-file reads.
 //! Every length read from the image is checked against [`Limits`].
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 
 use super::IsoError;
@@ -22,6 +23,9 @@ const FLAG_DIRECTORY: u8 = 0x02;
 const FLAG_MULTI_EXTENT: u8 = 0x80;
 /// Follow at most this many Rock Ridge `CE` continuation areas per record.
 const MAX_CONTINUATIONS: usize = 8;
+/// Follow at most this many symbolic links in one lookup (Linux allows 40
+/// in a whole path walk; a live ISO links a kernel name or two).
+pub const MAX_SYMLINKS: usize = 8;
 
 /// Bounds on what the reader will touch, so a hostile image cannot make us
 /// allocate or loop without end.
@@ -77,6 +81,8 @@ pub struct DirEntry {
     pub extents: Vec<Extent>,
     /// Whether this entry is a directory.
     pub is_dir: bool,
+    /// The target, if this is a Rock Ridge symbolic link.
+    pub symlink: Option<String>,
 }
 
 impl DirEntry {
@@ -242,13 +248,16 @@ impl<R: Read + Seek> IsoReader<R> {
                 }
                 continued = Some(raw.name.clone());
             }
-            let name = match self.scheme {
-                NameScheme::RockRidge => self.rock_ridge_name(&raw)?,
-                NameScheme::Joliet => Some(joliet_name(&raw.name)),
-                NameScheme::Iso9660 => None,
-            }
-            .unwrap_or_else(|| iso_name(&raw.name));
-            out.push(raw.to_entry(name, self.scheme));
+            let (name, symlink) = match self.scheme {
+                NameScheme::RockRidge => self.rock_ridge(&raw)?,
+                NameScheme::Joliet => (Some(joliet_name(&raw.name)), None),
+                NameScheme::Iso9660 => (None, None),
+            };
+            let name = name.unwrap_or_else(|| iso_name(&raw.name));
+            out.push(DirEntry {
+                symlink,
+                ..raw.to_entry(name, self.scheme)
+            });
         }
         if let Some(first) = continued {
             return Err(IsoError::BadMultiExtent {
@@ -258,10 +267,15 @@ impl<R: Read + Seek> IsoReader<R> {
         Ok(out)
     }
 
-    /// The `NM` name of a record, following `CE` continuation areas.
-    fn rock_ridge_name(&mut self, raw: &RawRecord) -> Result<Option<String>, IsoError> {
+    /// The `NM` name and `SL` link target of a record, following `CE`
+    /// continuation areas.
+    fn rock_ridge(
+        &mut self,
+        raw: &RawRecord,
+    ) -> Result<(Option<String>, Option<String>), IsoError> {
         let mut name = Vec::new();
         let mut found = false;
+        let mut link = SymlinkParts::default();
         let mut area = raw.system_use.clone();
         for _ in 0..=MAX_CONTINUATIONS {
             let mut next = None;
@@ -272,6 +286,7 @@ impl<R: Read + Seek> IsoReader<R> {
                         found = true;
                         name.extend_from_slice(&data[1..]);
                     }
+                    b"SL" if !data.is_empty() => link.add(&data[1..]),
                     b"CE" if data.len() >= 24 => {
                         let lba = le_u32(&data[0..4]);
                         let off = le_u32(&data[8..12]);
@@ -297,50 +312,78 @@ impl<R: Read + Seek> IsoReader<R> {
             )?;
             area = buf;
         }
-        if !found || name.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(String::from_utf8_lossy(&name).into_owned()))
+        let name = (found && !name.is_empty()).then(|| String::from_utf8_lossy(&name).into_owned());
+        Ok((name, link.target()))
     }
 
     /// Finds a path (`/a/b/c`, leading slash optional). An exact name match
     /// wins; otherwise names are compared ignoring ASCII case, as FAT-minded
-    /// boot loaders (isolinux, GRUB on plain ISO9660) do.
+    /// boot loaders (isolinux, GRUB on plain ISO9660) do. `..` goes up (not
+    /// past the root), and Rock Ridge symbolic links are followed, at most
+    /// [`MAX_SYMLINKS`] of them.
     pub fn lookup(&mut self, path: &str) -> Result<DirEntry, IsoError> {
-        let parts: Vec<&str> = path
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .collect();
-        if parts.len() > self.limits.max_depth {
-            return Err(IsoError::PathTooDeep {
-                path: path.to_owned(),
-                max: self.limits.max_depth,
-            });
+        let max_depth = self.limits.max_depth;
+        let too_deep = || IsoError::PathTooDeep {
+            path: path.to_owned(),
+            max: max_depth,
+        };
+        let split = |p: &str| -> VecDeque<String> {
+            p.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut todo = split(path);
+        if todo.len() > self.limits.max_depth {
+            return Err(too_deep());
         }
-        let mut cur = self.root.clone();
-        for part in parts {
+        // The directories walked so far, the root first.
+        let mut walked = vec![self.root.clone()];
+        let mut links = 0;
+        while let Some(part) = todo.pop_front() {
             if part == ".." {
-                return Err(IsoError::NotFound {
-                    path: path.to_owned(),
-                });
+                if walked.len() > 1 {
+                    walked.pop();
+                }
+                continue;
             }
-            let entries = self.read_dir(&cur)?;
+            let dir = walked.last().expect("the root is never popped");
+            let entries = self.read_dir(dir)?;
             let exact = entries.iter().position(|e| e.name == part);
             let idx = exact.or_else(|| {
                 entries
                     .iter()
-                    .position(|e| e.name.eq_ignore_ascii_case(part))
+                    .position(|e| e.name.eq_ignore_ascii_case(&part))
             });
-            cur = match idx {
-                Some(i) => entries[i].clone(),
-                None => {
-                    return Err(IsoError::NotFound {
-                        path: path.to_owned(),
-                    })
-                }
+            let Some(i) = idx else {
+                return Err(IsoError::NotFound {
+                    path: path.to_owned(),
+                });
             };
+            let entry = entries[i].clone();
+            match &entry.symlink {
+                None => walked.push(entry),
+                Some(target) => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(IsoError::TooManySymlinks {
+                            path: path.to_owned(),
+                            max: MAX_SYMLINKS,
+                        });
+                    }
+                    if target.starts_with('/') {
+                        walked.truncate(1);
+                    }
+                    let mut next = split(target);
+                    next.extend(todo);
+                    todo = next;
+                    if todo.len() + walked.len() > max_depth * 2 {
+                        return Err(too_deep());
+                    }
+                }
+            }
         }
-        Ok(cur)
+        Ok(walked.pop().expect("the root is never popped"))
     }
 
     /// Reads a whole file, refusing files larger than `max` bytes.
@@ -418,6 +461,7 @@ impl RawRecord {
             size: u64::from(self.size),
             extents: vec![self.extent()],
             is_dir: self.flags & FLAG_DIRECTORY != 0,
+            symlink: None,
         }
     }
 }
@@ -447,6 +491,61 @@ fn parse_record(buf: &[u8]) -> Result<(RawRecord, usize), IsoError> {
         },
         len,
     ))
+}
+
+/// A Rock Ridge `SL` target being assembled from component records
+/// (RRIP 1.12 section 4.1.3.1), possibly over several `SL` entries.
+#[derive(Default)]
+struct SymlinkParts {
+    seen: bool,
+    absolute: bool,
+    parts: Vec<Vec<u8>>,
+    /// The last component continues in the next record.
+    continues: bool,
+}
+
+impl SymlinkParts {
+    /// Adds the component records of one `SL` entry (after its flags).
+    fn add(&mut self, mut records: &[u8]) {
+        self.seen = true;
+        while let [flags, len, rest @ ..] = records {
+            let Some(content) = rest.get(..usize::from(*len)) else {
+                break;
+            };
+            if flags & 0x08 != 0 {
+                // ROOT: what follows is absolute.
+                self.absolute = true;
+                self.parts.clear();
+                self.continues = false;
+            } else {
+                let part: &[u8] = match flags & 0x06 {
+                    0x02 => b".",
+                    0x04 => b"..",
+                    _ => content,
+                };
+                match self.parts.last_mut() {
+                    Some(last) if self.continues => last.extend_from_slice(part),
+                    _ => self.parts.push(part.to_vec()),
+                }
+                // CONTINUE: the next record extends this component.
+                self.continues = flags & 0x01 != 0;
+            }
+            records = &rest[usize::from(*len)..];
+        }
+    }
+
+    fn target(self) -> Option<String> {
+        if !self.seen {
+            return None;
+        }
+        let joined = self.parts.join(&b'/');
+        let joined = String::from_utf8_lossy(&joined);
+        Some(if self.absolute {
+            format!("/{joined}")
+        } else {
+            joined.into_owned()
+        })
+    }
 }
 
 /// Iterates SUSP entries (signature, data after the 4-byte header).
@@ -642,6 +741,36 @@ mod tests {
             let e = r.lookup("/A").or_else(|_| r.lookup("/D")).unwrap_err();
             assert!(matches!(e, IsoError::BadMultiExtent { .. }), "{e:?}");
         }
+    }
+
+    #[test]
+    fn symlink_targets_join_components_across_records_and_entries() {
+        let target = |entries: &[&[u8]]| {
+            let mut l = SymlinkParts::default();
+            for e in entries {
+                l.add(e);
+            }
+            l.target()
+        };
+        assert_eq!(target(&[]), None);
+        // "vmlinuz-6.1" split over two records (CONTINUE), then "..", ".".
+        assert_eq!(
+            target(&[&[
+                1, 6, b'v', b'm', b'l', b'i', b'n', b'u', 0, 5, b'z', b'-', b'6', b'.', b'1'
+            ]]),
+            Some("vmlinuz-6.1".into())
+        );
+        assert_eq!(
+            target(&[&[4, 0, 0, 4, b'b', b'o', b'o', b't'], &[2, 0, 0, 1, b'k']]),
+            Some("../boot/./k".into())
+        );
+        // ROOT makes it absolute; a component continued into the next SL entry.
+        assert_eq!(
+            target(&[&[8, 0, 1, 2, b'a', b'b'], &[0, 2, b'c', b'd']]),
+            Some("/abcd".into())
+        );
+        // A record longer than the entry stops the parse without panicking.
+        assert_eq!(target(&[&[0, 9, b'x']]), Some(String::new()));
     }
 
     #[test]
