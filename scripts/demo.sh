@@ -13,9 +13,10 @@ cargo build --workspace --bins -q
 bin=${CARGO_TARGET_DIR:-$repo/target}/debug
 work=$(mktemp -d /tmp/cpushare-demo.XXXXXX)
 pids=()
+# shellcheck source=scripts/lib/market.sh
+source scripts/lib/market.sh
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    market_stop
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -27,38 +28,28 @@ bash guest-images/test-guest/mkiso.sh "$work/guest/guest.elf" "$work/guest.iso" 
 
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 broker() { "$bin/cpushare-broker" --data "$work/broker" "$@"; }
-seller() { local who=$1; shift; "$bin/cpushare-seller" --home "$work/$who" "$@"; }
 buyer() { "$bin/cpushare" --home "$work/alice" "$@"; }
 
 say "cpushare-broker serve --listen 127.0.0.1:0 &"
-RUST_LOG=warn "$bin/cpushare-broker" --data "$work/broker" serve --listen 127.0.0.1:0 >"$work/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [[ -s "$work/broker/endpoints.json" ]] && break; sleep 0.1; done
+market_broker
 cat "$work/broker.log"
 
 for s in seller-a:0.002 seller-b:0.001; do
     name=${s%%:*} price=${s##*:}
     say "cpushare-broker account add $name --role seller"
-    token=$(broker account add "$name" --role seller 2>/dev/null | tail -n 1)
-    echo "$token"
     say "cpushare-seller enroll TOKEN && cpushare-seller run --cpus 2 --mem 1G --price $price --kinds wasm,vm &"
-    seller "$name" enroll "$token"
     # Both offer wasm and vm leases; --allow-software-kvm lets a host whose
     # /dev/kvm is a software hypervisor offer VMs too (for this demo's guest).
-    RUST_LOG=warn "$bin/cpushare-seller" --home "$work/$name" run --cpus 2 --mem 1G --price "$price" \
-        --kinds wasm,vm --allow-software-kvm >"$work/$name.log" 2>&1 &
-    pids+=($!)
+    market_seller "$name" "$price" --cpus 2 --mem 1G --kinds wasm,vm --allow-software-kvm
 done
 for name in seller-a seller-b; do
-    for _ in $(seq 100); do grep -q offering "$work/$name.log" && break; sleep 0.1; done
+    market_wait_offering "$name"
     cat "$work/$name.log"
 done
 
 say "cpushare-broker account add alice --role buyer && cpushare-broker credit alice 5"
-token=$(broker account add alice --role buyer 2>/dev/null | tail -n 1)
-broker credit alice 5
 say "cpushare login TOKEN"
-buyer login "$token"
+market_buyer alice 5
 say "cpushare book"
 buyer book
 say "cpushare run hello.wasm --env GREETING=hi -- from the demo"

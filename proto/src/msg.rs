@@ -22,7 +22,7 @@ pub const CHUNK: usize = 1 << 20;
 /// Largest module or image the broker stores (a live ISO fits; wasm modules are far smaller).
 pub const MAX_IMAGE: u64 = 2 << 30;
 /// Largest WebAssembly module accepted.
-pub const MAX_WASM: u64 = 64 << 20;
+pub const MAX_WASM: u64 = 256 << 20;
 /// Most UDP endpoint candidates one vnet member may register.
 pub const MAX_VNET_ENDPOINTS: usize = 16;
 

@@ -60,6 +60,7 @@ impl Bench {
             &name,
             CgroupLimits {
                 guest_memory_bytes: 64 * MIB,
+                code_bytes: 0,
                 cpus: 1,
             },
         )

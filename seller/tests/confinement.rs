@@ -64,6 +64,7 @@ fn launch(via: Via, mem_mib: u64, attack: Option<&str>) -> Sandbox {
     let TestLease { cgroup, spec, .. } = h.host.lease(
         CgroupLimits {
             guest_memory_bytes: mem_mib * MIB,
+            code_bytes: 0,
             cpus: 1,
         },
         mem_mib * MIB,

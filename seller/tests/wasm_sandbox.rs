@@ -224,6 +224,61 @@ fn trap_is_reported_as_a_trap() {
     assert_eq!(out.stdout(), "about to trap\n");
 }
 
+/// C++ built with `-fwasm-exceptions` (as YoWASP's Yosys is) throws with
+/// the exception-handling proposal, which wasmtime enables by default.
+/// Its exception objects live in a GC heap that the pooling allocator
+/// takes from the memory pool, so this runs in a one-slot runtime, as a
+/// sandbox child's is.
+#[test]
+fn wasm_exceptions_are_thrown_and_caught_in_a_one_slot_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime_in(dir.path(), 1);
+    let module = load_wat(
+        &rt,
+        r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (tag $oops (param i32))
+            (func $deep (param i32)
+                (if (i32.eqz (local.get 0)) (then (throw $oops (i32.const 42))))
+                (call $deep (i32.sub (local.get 0) (i32.const 1))))
+            (func (export "_start")
+                (block $caught (result i32)
+                    (try_table (catch $oops $caught)
+                        (call $deep (i32.const 100)))
+                    (i32.const 0))
+                (call $exit)))"#,
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let outcome = rt
+            .run(
+                &module,
+                job(dir.path(), &[]),
+                limits(),
+                &Recorder::default(),
+            )
+            .unwrap();
+        assert_eq!(outcome, JobOutcome::Exited(42));
+    }
+    // An exception nobody catches ends the job as a trap.
+    let uncaught = load_wat(
+        &rt,
+        r#"(module (tag $t) (memory (export "memory") 1)
+            (func (export "_start") (throw $t)))"#,
+    )
+    .unwrap();
+    let outcome = rt
+        .run(
+            &uncaught,
+            job(dir.path(), &[]),
+            limits(),
+            &Recorder::default(),
+        )
+        .unwrap();
+    assert!(matches!(outcome, JobOutcome::Trapped { .. }), "{outcome:?}");
+}
+
 #[test]
 fn spinning_guest_is_stopped_by_its_cpu_limit_and_its_output_arrives_live() {
     let f = Fixture::new();

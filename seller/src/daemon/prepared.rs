@@ -8,11 +8,11 @@ use crate::wasm::module_lru::ModuleLru;
 use cpushare_proto::id::ContentId;
 use std::sync::{Arc, Mutex};
 
-/// Modules kept.
-const ENTRIES: usize = 8;
+/// Bytes kept, all modules together (bytes and code).
+const MAX_BYTES: u64 = 128 << 20;
 
-/// A module larger than this (bytes and code together) is not kept, so
-/// the whole set stays under `ENTRIES` times this.
+/// A module larger than this (bytes and code together) is not kept: its
+/// sandbox is slow to fill anyway, and it would push out many small ones.
 const MAX_ENTRY_BYTES: usize = 16 << 20;
 
 /// One module, ready for a sandbox.
@@ -34,7 +34,7 @@ impl PreparedModules {
     /// An empty set.
     pub(crate) fn new() -> PreparedModules {
         PreparedModules {
-            lru: Arc::new(Mutex::new(ModuleLru::new(ENTRIES))),
+            lru: Arc::new(Mutex::new(ModuleLru::new(MAX_BYTES))),
         }
     }
 
@@ -45,8 +45,10 @@ impl PreparedModules {
 
     /// Keeps `p` as module `id` (unless it is too large to keep).
     pub(crate) fn insert(&self, id: &ContentId, p: Arc<Prepared>) {
-        if p.wasm.len() + p.compiled.len() <= MAX_ENTRY_BYTES {
-            self.lru.lock().expect("prepared lock").insert(id.hex(), p);
+        let bytes = p.wasm.len() + p.compiled.len();
+        if bytes <= MAX_ENTRY_BYTES {
+            let mut lru = self.lru.lock().expect("prepared lock");
+            lru.insert(id.hex(), p, bytes as u64);
         }
     }
 }

@@ -196,6 +196,7 @@ impl SandboxPool {
             name,
             CgroupLimits {
                 guest_memory_bytes: IDLE_MEMORY_BYTES,
+                code_bytes: 0,
                 cpus: 1,
             },
         )

@@ -54,6 +54,7 @@ pub fn spawn(
 pub fn limits(mem_bytes: u64, vcpus: u32) -> CgroupLimits {
     CgroupLimits {
         guest_memory_bytes: mem_bytes,
+        code_bytes: 0,
         cpus: vcpus,
     }
 }

@@ -5,6 +5,11 @@
 //! ever produced by this engine's `Module::serialize` and published by an
 //! atomic rename into a directory only the seller's user can write. Buyers
 //! never supply these bytes; they supply wasm, which is compiled here.
+//!
+//! The directory is bounded ([`MAX_BYTES`]): storing an artifact deletes
+//! the least recently used others until the rest fit. A big module's code
+//! is large (YoWASP's 69 MB Yosys compiles to 240 MB), and buyers choose
+//! which modules a seller compiles.
 
 use super::WasmError;
 use sha2::{Digest, Sha256};
@@ -14,22 +19,37 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 use wasmtime::{Engine, Module};
 
 /// Hex digits of the engine fingerprint kept in file names.
 const FINGERPRINT_HEX: usize = 16;
+/// Most bytes of artifacts kept on disk.
+pub const MAX_BYTES: u64 = 8 << 30;
+/// Extension of artifact files.
+const EXTENSION: &str = "cwasm";
 
 /// A private directory of compiled artifacts for one engine configuration.
 pub(crate) struct ArtifactDir {
     dir: PathBuf,
     fingerprint: String,
     temp_seq: AtomicU64,
+    max_bytes: u64,
 }
 
 impl ArtifactDir {
     /// Opens `dir` (creating it mode 0700), refusing one that others can
     /// write or that another user owns.
     pub(crate) fn open(dir: &Path, engine: &Engine) -> Result<ArtifactDir, WasmError> {
+        Self::open_bounded(dir, engine, MAX_BYTES)
+    }
+
+    /// [`ArtifactDir::open`] keeping at most `max_bytes` of artifacts.
+    pub(crate) fn open_bounded(
+        dir: &Path,
+        engine: &Engine,
+        max_bytes: u64,
+    ) -> Result<ArtifactDir, WasmError> {
         let io_err = |source| WasmError::CacheDir {
             path: dir.to_path_buf(),
             source,
@@ -52,13 +72,14 @@ impl ArtifactDir {
             dir: dir.to_path_buf(),
             fingerprint: engine_fingerprint(engine),
             temp_seq: AtomicU64::new(0),
+            max_bytes,
         })
     }
 
     /// Where the artifact of module `id_hex` lives for this engine.
     pub(crate) fn path(&self, id_hex: &str) -> PathBuf {
         self.dir
-            .join(format!("{id_hex}-{}.cwasm", self.fingerprint))
+            .join(format!("{id_hex}-{}.{EXTENSION}", self.fingerprint))
     }
 
     /// The compiled module for `id_hex` if this seller stored one earlier.
@@ -79,7 +100,11 @@ impl ArtifactDir {
         // truncated in place). wasmtime also checks the header against the
         // engine's configuration and rejects a mismatch with an error.
         match unsafe { Module::deserialize_file(engine, &path) } {
-            Ok(module) => Some(module),
+            Ok(module) => {
+                // Used now: the last to be trimmed.
+                let _ = File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+                Some(module)
+            }
             Err(e) => {
                 tracing::warn!(
                     path = %path.display(),
@@ -105,7 +130,36 @@ impl ArtifactDir {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result
+        result?;
+        self.trim(&self.path(id_hex))
+    }
+
+    /// Deletes the least recently used artifacts (any engine's) but `keep`
+    /// until the directory holds at most `max_bytes`. A process that mapped
+    /// a deleted file keeps its mapping.
+    fn trim(&self, keep: &Path) -> io::Result<()> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != EXTENSION) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            files.push((used, meta.len(), path));
+        }
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -177,6 +231,37 @@ mod tests {
         fs::write(artifacts.path(ID), b"not an artifact").unwrap();
         assert!(artifacts.load(&engine, ID).is_none());
         assert!(!artifacts.path(ID).exists());
+    }
+
+    #[test]
+    fn the_directory_keeps_the_recently_used_within_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(true);
+        let module = Module::new(&engine, "(module (func (export \"f\")))").unwrap();
+        let one = module.serialize().unwrap().len() as u64;
+        let artifacts = ArtifactDir::open_bounded(dir.path(), &engine, 2 * one).unwrap();
+        let id = |n: u8| hex::encode([n; 32]);
+        let age = |n: u8, secs: u64| {
+            let t = SystemTime::now() - std::time::Duration::from_secs(secs);
+            File::open(artifacts.path(&id(n)))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        artifacts.store(&id(1), &module).unwrap();
+        age(1, 30);
+        artifacts.store(&id(2), &module).unwrap();
+        age(2, 20);
+        // Loading 1 makes it the most recently used; storing 3 evicts 2.
+        assert!(artifacts.load(&engine, &id(1)).is_some());
+        artifacts.store(&id(3), &module).unwrap();
+        let kept: Vec<bool> = [1, 2, 3].map(|n| artifacts.path(&id(n)).exists()).to_vec();
+        assert_eq!(kept, [true, false, true]);
+        // One artifact larger than the bound is still kept: it is in use.
+        let tiny = ArtifactDir::open_bounded(dir.path(), &engine, 1).unwrap();
+        tiny.store(&id(4), &module).unwrap();
+        let kept: Vec<bool> = [1, 3, 4].map(|n| tiny.path(&id(n)).exists()).to_vec();
+        assert_eq!(kept, [false, false, true]);
     }
 
     #[test]

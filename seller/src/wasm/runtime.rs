@@ -26,9 +26,9 @@ use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-/// Compiled modules kept in memory (each a few hundred KiB to a few MiB of
-/// machine code).
-const MODULES_IN_MEMORY: usize = 64;
+/// Bytes of compiled modules kept in memory: dozens of typical modules (a
+/// few hundred KiB to a few MiB of machine code each), or two big ones.
+const MODULE_BYTES_IN_MEMORY: u64 = 512 << 20;
 
 /// Wasm page size; pool slots are whole pages.
 const WASM_PAGE: u64 = 65536;
@@ -177,8 +177,12 @@ impl WasmRuntime {
             // Every pool sized to the instance count: the defaults (1000
             // stacks, component instances...) cost a sandbox that runs one
             // guest milliseconds of mmap/mprotect at start and munmap at exit.
+            // A store that uses exceptions or GC types also takes a GC
+            // heap, which the pooling allocator carves from the same
+            // memory pool as linear memories: two slots per instance.
             pool.total_core_instances(cfg.max_instances)
-                .total_memories(cfg.max_instances)
+                .total_memories(cfg.max_instances.saturating_mul(2))
+                .total_gc_heaps(cfg.max_instances)
                 .total_tables(cfg.max_instances)
                 .total_stacks(cfg.max_instances)
                 .total_component_instances(cfg.max_instances)
@@ -197,7 +201,7 @@ impl WasmRuntime {
             linker,
             provided,
             artifacts,
-            modules: Mutex::new(ModuleLru::new(MODULES_IN_MEMORY)),
+            modules: Mutex::new(ModuleLru::new(MODULE_BYTES_IN_MEMORY)),
             compiled: AtomicU64::new(0),
             loaded_from_disk: AtomicU64::new(0),
             memory_hits: AtomicU64::new(0),
@@ -378,7 +382,9 @@ impl WasmRuntime {
                 module
             }
         };
-        self.lru().insert(id_hex.to_string(), module.clone());
+        let code = module.image_range();
+        let bytes = (code.end as usize).saturating_sub(code.start as usize) as u64;
+        self.lru().insert(id_hex.to_string(), module.clone(), bytes);
         Ok(module)
     }
 

@@ -5,8 +5,11 @@
 use super::WasmError;
 use wasmparser::{Parser, Payload, TypeRef};
 
-/// The largest module accepted, in bytes (64 MiB).
-pub const MAX_MODULE_BYTES: usize = 64 << 20;
+/// The largest module accepted, in bytes (256 MiB: real programs built
+/// for WASI pass 64 MiB, YoWASP's Yosys is 69 MB).
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
+// The broker refuses orders for larger modules by the same bound.
+const _: () = assert!(MAX_MODULE_BYTES as u64 == cpushare_proto::msg::MAX_WASM);
 
 /// The one import module a guest may use.
 pub(crate) const WASI_P1_MODULE: &str = "wasi_snapshot_preview1";
