@@ -114,14 +114,8 @@ async fn prepare(ctx: &Ctx, spec: &LeaseSpec, wasm: Vec<u8>) -> Result<Arc<Prepa
     let runtime = ctx.runtime.clone();
     let id_hex = spec.image.hex();
     let loaded = tokio::task::spawn_blocking(move || {
-        let module = runtime.load(&id_hex, &wasm);
-        // Compiling a big module takes gigabytes that the allocator would
-        // otherwise keep (1.6 GB resident after a 69 MB module); give the
-        // free part back to the system.
-        // SAFETY: malloc_trim only releases free heap memory; it has no
-        // preconditions.
-        unsafe { libc::malloc_trim(0) };
-        let compiled = runtime.compiled_bytes(&module?)?;
+        let module = runtime.load(&id_hex, &wasm)?;
+        let compiled = runtime.compiled_bytes(&module)?;
         Ok::<_, crate::wasm::WasmError>(Prepared { wasm, compiled })
     })
     .await;
