@@ -64,6 +64,32 @@ pub fn kind_of(path: &Path) -> anyhow::Result<SandboxKind> {
     )
 }
 
+/// Refuses, before anything is uploaded or paid, an ISO no seller could
+/// boot with `mem_mib` of memory: the same reading of its boot config and
+/// kernel header a seller does.
+pub fn check_iso(path: &Path, mem_mib: u64) -> anyhow::Result<()> {
+    use cpushare_vmm::iso::{inspect, IsoReader};
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let plan = IsoReader::new(std::io::BufReader::new(file))
+        .and_then(|mut r| inspect(&mut r))
+        .with_context(|| {
+            format!(
+                "{} cannot boot on a seller (`cpushare image inspect {}` shows what it holds)",
+                path.display(),
+                path.display()
+            )
+        })?;
+    let files = plan.kernel.size + plan.initrds.iter().map(|i| i.size).sum::<u64>();
+    if files > mem_mib << 20 {
+        bail!(
+            "{}: its kernel and initrds are {files} bytes, more than the {mem_mib} MiB asked for; give the VM more with --mem",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// How one placement of the order ended.
 struct Attempt {
     /// Exit code for the process, from the leases' ends.
@@ -85,6 +111,9 @@ struct Attempt {
 /// away is reconnected to (`client` is then replaced).
 pub async fn run(home: &Home, client: &mut Client, a: RunArgs<'_>) -> anyhow::Result<i32> {
     let kind = kind_of(a.image)?;
+    if kind == SandboxKind::Vm {
+        check_iso(a.image, a.mem_mib)?;
+    }
     let mut job = a.job.clone();
     let vm_shares = !a.shares.is_empty() && kind == SandboxKind::Vm;
     if !a.shares.is_empty() && !vm_shares {

@@ -1,7 +1,7 @@
 //! `cpushare image inspect`: what a buyer sees of an ISO before paying,
 //! on layouts built the way distributions build theirs.
 
-use cpushare_tests::bin;
+use cpushare_tests::{bin, Broker, Buyer};
 use std::path::Path;
 use std::process::Command;
 
@@ -29,12 +29,17 @@ fn iso(dir: &Path, files: &[(&str, &[u8])]) -> std::path::PathBuf {
 /// "HdrS", protocol 2.15, loaded high, a 64-bit entry point): what
 /// `inspect` checks of a kernel.
 fn bzimage_header(len: usize) -> Vec<u8> {
+    bzimage(len, 0x020f, 1)
+}
+
+/// [`bzimage_header`] of another boot protocol and `xloadflags`.
+fn bzimage(len: usize, protocol: u16, xloadflags: u8) -> Vec<u8> {
     let mut b = vec![0x90u8; len];
     b[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
     b[0x202..0x206].copy_from_slice(b"HdrS");
-    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b[0x206..0x208].copy_from_slice(&protocol.to_le_bytes());
     b[0x211] = 1;
-    b[0x236] = 1;
+    b[0x236] = xloadflags;
     b
 }
 
@@ -129,4 +134,47 @@ fn an_iso_whose_menu_only_chains_to_a_disk_says_why_it_cannot_boot() {
     let (code, text) = inspect(&iso, false);
     assert_eq!(code, 1);
     assert!(text.contains("bootable no: boot config"), "{text}");
+}
+
+#[test]
+fn run_refuses_an_iso_no_seller_could_boot_before_it_orders_or_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    // iPXE's image as Debian's ipxe.iso holds it: boot protocol 2.7.
+    let old = iso(
+        &dir.path().join("old"),
+        &[
+            (
+                "isolinux.cfg",
+                b"DEFAULT ipxe\nLABEL ipxe\n KERNEL ipxe.krn\n",
+            ),
+            ("ipxe.krn", &bzimage(4096, 0x0207, 0)),
+        ],
+    );
+    // A good kernel whose initrd does not fit the memory asked for.
+    let big = iso(
+        &dir.path().join("big"),
+        &[
+            ("cpushare.toml", b"kernel = '/k'\ninitrd = '/rd'\n"),
+            ("k", &bzimage_header(4096)),
+            ("rd", &vec![0; 3 << 20]),
+        ],
+    );
+    let broker = Broker::start(None);
+    let buyer = Buyer::login(&broker, "iso-buyer", "1");
+    let before = broker.balance("iso-buyer");
+    for (image, mem, why) in [
+        (&old, "64M", "boot protocol 2.7, older than 2.12"),
+        (
+            &big,
+            "2M",
+            "more than the 2 MiB asked for; give the VM more with --mem",
+        ),
+    ] {
+        let out = buyer.run(&["run", image.to_str().unwrap(), "--mem", mem]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(why), "want {why:?} in {err}");
+    }
+    assert_eq!(buyer.json("orders"), serde_json::json!([]));
+    assert_eq!(broker.balance("iso-buyer"), before);
 }
