@@ -221,9 +221,9 @@ impl Config {
 
     /// What isolinux boots: the `DEFAULT` label (the last that leads to a
     /// Linux boot or another config), else the `MENU DEFAULT` label, else
-    /// the first Linux label, else the first label that loads a config.
-    /// A config with no labels may name a kernel and its arguments in
-    /// `DEFAULT` itself.
+    /// the first Linux label, else the first label that leads anywhere
+    /// (through modules or `CONFIG`). A config with no labels may name a
+    /// kernel and its arguments in `DEFAULT` itself.
     fn choose(&self) -> Option<Pick> {
         let named = self
             .defaults
