@@ -8,6 +8,7 @@
 //! session dies are interrupted (the broker has already ended them as
 //! `seller lost` and will not pay for more).
 
+mod compile;
 mod fetch;
 mod prepared;
 mod sandbox_pool;
@@ -146,6 +147,7 @@ fn start_zygote() -> Option<Zygote> {
 
 /// Runs the daemon until it is killed, reconnecting as needed.
 pub async fn run(cfg: SellerConfig) -> anyhow::Result<()> {
+    compile::lower_worker_priority();
     let dir = cfg.home.dir().to_path_buf();
     let cache =
         Arc::new(ImageCache::open(dir.join("images")).context("while opening the image cache")?);

@@ -113,7 +113,7 @@ pub(super) async fn run(
 async fn prepare(ctx: &Ctx, spec: &LeaseSpec, wasm: Vec<u8>) -> Result<Arc<Prepared>, LeaseEnd> {
     let runtime = ctx.runtime.clone();
     let id_hex = spec.image.hex();
-    let loaded = tokio::task::spawn_blocking(move || {
+    let loaded = super::compile::run(move || {
         let module = runtime.load(&id_hex, &wasm)?;
         let compiled = runtime.compiled_bytes(&module)?;
         Ok::<_, crate::wasm::WasmError>(Prepared { wasm, compiled })
