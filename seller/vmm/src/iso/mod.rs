@@ -236,7 +236,7 @@ impl IsoFile {
     fn new(path: String, entry: &DirEntry) -> Self {
         IsoFile {
             path,
-            size: entry.size,
+            size: entry.size(),
         }
     }
 }

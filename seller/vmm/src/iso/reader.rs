@@ -74,8 +74,6 @@ pub struct Extent {
 pub struct DirEntry {
     /// The best name available (Rock Ridge, Joliet, or plain ISO9660).
     pub name: String,
-    /// Size in bytes, all extents together.
-    pub size: u64,
     /// Where the data is, in order: one extent, or several for a file
     /// over 4 GiB.
     pub extents: Vec<Extent>,
@@ -89,6 +87,11 @@ impl DirEntry {
     /// First logical block of the data.
     pub fn lba(&self) -> u32 {
         self.extents.first().map_or(0, |e| e.lba)
+    }
+
+    /// Size in bytes, all extents together.
+    pub fn size(&self) -> u64 {
+        self.extents.iter().map(|e| u64::from(e.len)).sum()
     }
 }
 
@@ -196,13 +199,14 @@ impl<R: Read + Seek> IsoReader<R> {
                 name: dir.name.clone(),
             });
         }
-        if dir.size > u64::from(self.limits.max_dir_bytes) {
+        let size = dir.size();
+        if size > u64::from(self.limits.max_dir_bytes) {
             return Err(IsoError::DirectoryTooLarge {
-                size: dir.size,
+                size,
                 max: self.limits.max_dir_bytes,
             });
         }
-        let buf = self.read_prefix(dir, dir.size)?;
+        let buf = self.read_prefix(dir, size)?;
         let mut out: Vec<DirEntry> = Vec::new();
         // The raw name of a file whose extents are still being collected:
         // its last entry in `out` gains the records that follow, up to one
@@ -228,7 +232,6 @@ impl<R: Read + Seek> IsoReader<R> {
                         name: String::from_utf8_lossy(&first).into_owned(),
                     });
                 };
-                entry.size += u64::from(raw.size);
                 entry.extents.push(raw.extent());
                 if more {
                     continued = Some(first);
@@ -393,14 +396,15 @@ impl<R: Read + Seek> IsoReader<R> {
                 name: entry.name.clone(),
             });
         }
-        if entry.size > max {
+        let size = entry.size();
+        if size > max {
             return Err(IsoError::FileTooLarge {
                 name: entry.name.clone(),
-                size: entry.size,
+                size,
                 max,
             });
         }
-        self.read_prefix(entry, entry.size)
+        self.read_prefix(entry, size)
     }
 
     /// Reads the first `n` bytes of an entry's data (`n` at most its
@@ -428,7 +432,7 @@ impl<R: Read + Seek> IsoReader<R> {
                 name: entry.name.clone(),
             });
         }
-        self.read_prefix(entry, entry.size.min(n as u64))
+        self.read_prefix(entry, entry.size().min(n as u64))
     }
 
     /// Looks up and reads a file in one step.
@@ -458,7 +462,6 @@ impl RawRecord {
     fn to_entry(&self, name: String, _scheme: NameScheme) -> DirEntry {
         DirEntry {
             name,
-            size: u64::from(self.size),
             extents: vec![self.extent()],
             is_dir: self.flags & FLAG_DIRECTORY != 0,
             symlink: None,
@@ -703,7 +706,7 @@ mod tests {
         ]);
         let mut r = IsoReader::new(Cursor::new(img)).unwrap();
         let big = r.lookup("/big").unwrap();
-        assert_eq!(big.size, 4196);
+        assert_eq!(big.size(), 4196);
         assert_eq!(big.extents.len(), 3);
         let data = r.read_file(&big, 1 << 20).unwrap();
         assert!(data[..2048].iter().all(|b| *b == 0xb4));
