@@ -13,7 +13,7 @@ use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::kernel_image::{self, KernelImage, Unbootable};
+use super::kernel_image::{self, KernelImage, Unbootable, BOOT_FLAG_MAGIC, HDR_MAGIC};
 use super::layout;
 use super::regs::EntryMode;
 
@@ -23,10 +23,6 @@ const PVH_MAGIC: u32 = 0x336e_c578;
 const E820_RAM: u32 = 1;
 /// e820 / PVH memory map type: reserved.
 const E820_RESERVED: u32 = 2;
-/// `setup_header.boot_flag`.
-const BOOT_FLAG_MAGIC: u16 = 0xaa55;
-/// `setup_header.header` ("HdrS").
-const HDR_MAGIC: u32 = 0x5372_6448;
 /// `type_of_loader` "undefined" (we have no assigned id).
 const LOADER_OTHER: u8 = 0xff;
 /// Default `initrd_addr_max` for kernels that do not state one.

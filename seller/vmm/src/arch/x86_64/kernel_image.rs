@@ -13,6 +13,10 @@
 /// ends before this offset).
 pub const HEAD_BYTES: usize = 0x280;
 
+/// `setup_header.boot_flag`.
+pub const BOOT_FLAG_MAGIC: u16 = 0xaa55;
+/// `setup_header.header` ("HdrS", little-endian).
+pub const HDR_MAGIC: u32 = 0x5372_6448;
 /// `e_machine` of x86-64 ELF files.
 const EM_X86_64: u16 = 0x3e;
 /// `ELFCLASS64`.
@@ -111,8 +115,8 @@ pub fn identify(head: &[u8]) -> Result<KernelImage, Unbootable> {
         return Ok(KernelImage::Elf64);
     }
     let has_setup_header = head.len() >= HEADER_AT + 4
-        && u16_at(head, BOOT_FLAG_AT) == 0xaa55
-        && &head[HEADER_AT..HEADER_AT + 4] == b"HdrS";
+        && u16_at(head, BOOT_FLAG_AT) == BOOT_FLAG_MAGIC
+        && head[HEADER_AT..HEADER_AT + 4] == HDR_MAGIC.to_le_bytes();
     if !has_setup_header {
         return Err(Unbootable::Unknown);
     }
